@@ -1,0 +1,232 @@
+"""
+normalize.py — turn rewards into advantages by normalising inside a group.
+
+Paper:    RTT §3 "Group Partitioning Problem"; RTT_SPEC.md §3 steps 6–7 and §5.
+Input:    response rewards R (B, G); token rewards r = s·w (B, G, K, T) with token_mask (B, G, T)
+          and rubric_mask (B, K)
+Output:   response advantage Â (B, G); token advantage Ã (B, G, T), 0 on padding
+
+Groups:   response level: the G responses to one prompt (GRPO).
+          token level, the paper's choice ("intra-sample"): the tokens of ONE response, for ONE rubric;
+          the z-scores are then averaged over the prompt's rubrics. Because nothing crosses responses,
+          a response's token advantage depends on that response alone, sums to 0 for every rubric,
+          and a constant relevance row contributes exactly 0 (uniform relevance ⇒ RTT = GRPO).
+          The baseline it replaces ("inter-sample") pools the tokens of all G responses per rubric,
+          which adds a per-response constant to every token: long responses collect it many times.
+
+Numerics: masked statistics use the population std over valid tokens and add eps, so tied groups,
+          constant weights, one-token and empty responses give 0, never NaN. Every statistic is a
+          matrix product against the token mask (no Python loop over prompts, samples, rubrics or
+          tokens), and the data are shifted by one of their own values first, so a constant row is
+          exactly 0 after the shift and its advantage is exactly 0 (not 1e-8 / (1e-8 + eps)).
+
+Deviations from the paper (tagged `# DEVIATION(n)` in the code):
+  1. eps is added to the std (GRPO and token level) so a tied group gives 0 instead of NaN.
+  2. The authors' code moves [G, K, T] to [K, G, T] with reshape instead of a transpose, mixing
+     responses (RTT_SPEC §6.1); we never reshape across G and K. tests/test_normalize.py proves that
+     changing response j leaves response i's intra-sample advantage unchanged.
+  3. The "rubric_mean" variant normalises per prompt; the authors' version spans several prompts
+     (RTT_SPEC §6.3).
+
+Demo:     python normalize.py     (the length-bias example of RTT_SPEC §5, every intermediate printed)
+"""
+
+import torch
+
+# Dimension legend (identical in every file):
+#   B prompts in the batch        G responses per prompt (group)     N = B*G responses, flattened
+#   K rubrics per prompt          T response tokens, right-padded    V vocabulary size
+
+
+def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Response-level GRPO advantage: z-score of each reward inside its group of G.
+
+    Â[b,g] = (R[b,g] − mean_g R[b,:]) / (std_g R[b,:] + ε),   std unbiased (divides by G − 1)
+
+    Shapes:
+        rewards   (B, G)  float   one scalar reward per sampled response
+        returns   (B, G)  float   zero mean per row; an all-zero row if the group is tied (or G = 1)
+
+    Example:
+        >>> group_advantages(torch.tensor([[1., 0., 0., 1.]]), eps=0.0)
+        tensor([[ 0.8660, -0.8660, -0.8660,  0.8660]])
+    """
+    if rewards.dim() != 2:
+        raise ValueError(f"rewards must be (B, G), got shape {tuple(rewards.shape)}")
+    if not rewards.is_floating_point():
+        raise ValueError(f"rewards must be a float tensor, got {rewards.dtype}")
+    group_size = rewards.shape[1]
+    centred = rewards - rewards.mean(dim=1, keepdim=True)                         # (B, G)
+    # unbiased std; with G = 1 the deviation is 0, so dividing by max(G − 1, 1) keeps it 0 (not NaN)
+    std = (centred.pow(2).sum(dim=1, keepdim=True) / max(group_size - 1, 1)).sqrt()  # (B, 1)
+    return centred / (std + eps)                                                  # (B, G)  DEVIATION(1)
+
+
+def _check_token_inputs(token_rewards: torch.Tensor, token_mask: torch.Tensor, rubric_mask: torch.Tensor) -> None:
+    if token_rewards.dim() != 4:
+        raise ValueError(f"token_rewards must be (B, G, K, T), got shape {tuple(token_rewards.shape)}")
+    if not token_rewards.is_floating_point():
+        raise ValueError(f"token_rewards must be a float tensor, got {token_rewards.dtype}")
+    b, g, k, t = token_rewards.shape
+    if token_mask.dtype != torch.bool or token_mask.shape != (b, g, t):
+        raise ValueError(f"token_mask must be a bool (B, G, T) = {(b, g, t)}, "
+                         f"got {token_mask.dtype} {tuple(token_mask.shape)}")
+    if rubric_mask.dtype != torch.bool or rubric_mask.shape != (b, k):
+        raise ValueError(f"rubric_mask must be a bool (B, K) = {(b, k)}, "
+                         f"got {rubric_mask.dtype} {tuple(rubric_mask.shape)}")
+
+
+def _first_valid_index(token_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the first True along the last dim (0 where there is none)."""
+    return token_mask.to(torch.uint8).argmax(dim=-1)                              # (...,)
+
+
+def _rubric_average(per_rubric: torch.Tensor, rubric_mask: torch.Tensor) -> torch.Tensor:
+    """mean over the valid rubrics k of a (B, G, K) coefficient, as weights c[b,g,k] = 1{k valid} / K_valid[b]."""
+    n_rubrics = rubric_mask.sum(dim=1).clamp(min=1).to(per_rubric.dtype)          # (B,)
+    return per_rubric * (rubric_mask.to(per_rubric.dtype) / n_rubrics[:, None])[:, None, :]  # (B, G, K)
+
+
+def intra_sample_token_norm(token_rewards: torch.Tensor, token_mask: torch.Tensor, rubric_mask: torch.Tensor,
+                            eps: float = 1e-6) -> torch.Tensor:
+    """The paper's token advantage: z-score each (response, rubric) row over its own tokens, then average rubrics.
+
+    Ã[b,g,t] = mean_{k valid} (r[b,g,k,t] − μ[b,g,k]) / (σ[b,g,k] + ε)
+        μ, σ: mean and population std of r[b,g,k,:] over the valid tokens of response (b, g)
+
+    Shapes:
+        token_rewards  (B, G, K, T)  float  r = s·w
+        token_mask     (B, G, T)     bool   real response tokens
+        rubric_mask    (B, K)        bool   real rubrics
+        returns        (B, G, T)     float  Ã; sums to 0 over each response, 0 on padding
+
+    Example (one response, one rubric, relevance on the 2nd of 4 tokens, violated):
+        >>> r = torch.tensor([[[[0., -1., 0., 0.]]]])
+        >>> intra_sample_token_norm(r, torch.ones(1, 1, 4, dtype=torch.bool), torch.ones(1, 1, dtype=torch.bool), eps=0.0)
+        tensor([[[ 0.5774, -1.7321,  0.5774,  0.5774]]])
+    """
+    _check_token_inputs(token_rewards, token_mask, rubric_mask)
+    tok_weight = token_mask.to(token_rewards.dtype)                               # (B, G, T)
+    n_tokens = tok_weight.sum(dim=-1, keepdim=True).clamp(min=1)                  # (B, G, 1)
+    # shift every row by its own first valid value (the z-score is shift-invariant): a constant row
+    # becomes exactly 0, so its σ is exactly 0 and its advantage exactly 0
+    first = _first_valid_index(token_mask)                                        # (B, G)
+    index = first[:, :, None, None].expand(*token_rewards.shape[:3], 1)           # (B, G, K, 1)
+    shifted = token_rewards - token_rewards.gather(-1, index)                     # (B, G, K, T)
+    # masked moments as matrix products against the token mask: Σ_t x[k,t]·m[t]
+    sum_x = (shifted @ tok_weight[..., None]).squeeze(-1)                         # (B, G, K)
+    sum_x2 = ((shifted * shifted) @ tok_weight[..., None]).squeeze(-1)            # (B, G, K)
+    mean = sum_x / n_tokens                                                       # (B, G, K)  μ (shifted)
+    var = (sum_x2 / n_tokens - mean * mean).clamp(min=0)                          # (B, G, K)  population
+    coef = _rubric_average(1.0 / (var.sqrt() + eps), rubric_mask)                 # (B, G, K)  c_k / (σ_k + ε), DEVIATION(1)
+    # Σ_k c_k (x[k,t] − μ_k) / (σ_k + ε)  =  (coef @ x)[t] − Σ_k coef_k μ_k
+    weighted = (coef[:, :, None, :] @ shifted).squeeze(-2)                        # (B, G, T)
+    offset = (coef * mean).sum(dim=-1, keepdim=True)                              # (B, G, 1)
+    return (weighted - offset) * tok_weight                                       # (B, G, T)
+
+
+def inter_sample_token_norm(token_rewards: torch.Tensor, token_mask: torch.Tensor, rubric_mask: torch.Tensor,
+                            eps: float = 1e-6) -> torch.Tensor:
+    """Baseline token advantage: per (prompt, rubric), statistics over ALL tokens of all G responses.
+
+    Ã[b,g,t] = mean_{k valid} (r[b,g,k,t] − μ[b,k]) / (σ[b,k] + ε)
+        μ, σ: mean and population std of r[b,:,k,:] over every valid token of the prompt's G responses
+
+    Length bias (RTT_SPEC §5): every token of response g is shifted by the same group constant, so the
+    summed token advantage of a response grows linearly with its length.
+
+    Shapes: as intra_sample_token_norm.
+    """
+    _check_token_inputs(token_rewards, token_mask, rubric_mask)
+    b_size, g_size, k_size, t_size = token_rewards.shape
+    tok_weight = token_mask.to(token_rewards.dtype)                               # (B, G, T)
+    n_tokens = tok_weight.sum(dim=(1, 2)).clamp(min=1)[:, None]                   # (B, 1)
+    # shift each (prompt, rubric) block by one of its own values: the first valid token of the group
+    first_flat = _first_valid_index(token_mask.reshape(b_size, g_size * t_size))  # (B,)  index into G·T
+    ref = token_rewards[torch.arange(b_size), first_flat // t_size, :, first_flat % t_size]  # (B, K)
+    shifted = token_rewards - ref[:, None, :, None]                               # (B, G, K, T)
+    sum_x = (shifted @ tok_weight[..., None]).squeeze(-1).sum(dim=1)              # (B, K)
+    sum_x2 = ((shifted * shifted) @ tok_weight[..., None]).squeeze(-1).sum(dim=1)  # (B, K)
+    mean = sum_x / n_tokens                                                       # (B, K)
+    var = (sum_x2 / n_tokens - mean * mean).clamp(min=0)                          # (B, K)
+    coef = _rubric_average((1.0 / (var.sqrt() + eps))[:, None, :], rubric_mask)   # (B, 1, K)  DEVIATION(1)
+    weighted = (coef.expand(b_size, g_size, k_size)[:, :, None, :] @ shifted).squeeze(-2)  # (B, G, T)
+    offset = (coef * mean[:, None, :]).sum(dim=-1, keepdim=True)                  # (B, 1, 1)
+    return (weighted - offset) * tok_weight                                       # (B, G, T)
+
+
+def rubric_mean_token_norm(token_rewards: torch.Tensor, token_mask: torch.Tensor, rubric_mask: torch.Tensor,
+                           eps: float = 1e-6) -> torch.Tensor:
+    """Ablation: average the token rewards over rubrics first, then z-score over the prompt's G responses.
+
+    r̄[b,g,t] = mean_{k valid} r[b,g,k,t];   Ã[b,g,t] = (r̄[b,g,t] − μ[b]) / (σ[b] + ε)
+        μ, σ: over every valid token of the G responses to prompt b.  DEVIATION(3): per prompt, where the
+        authors' code pools blocks that span several prompts.
+
+    Shapes: as intra_sample_token_norm.
+    """
+    _check_token_inputs(token_rewards, token_mask, rubric_mask)
+    b_size, g_size, _, t_size = token_rewards.shape
+    coef = _rubric_average(torch.ones(b_size, g_size, rubric_mask.shape[1], dtype=token_rewards.dtype,
+                                      device=token_rewards.device), rubric_mask)  # (B, G, K)
+    rubric_mean = (coef[:, :, None, :] @ token_rewards).squeeze(-2)               # (B, G, T)  r̄
+    return inter_sample_token_norm(rubric_mean[:, :, None, :], token_mask,
+                                   torch.ones(b_size, 1, dtype=torch.bool, device=rubric_mask.device), eps)
+
+
+def rubric_softmax_token_norm(token_rewards: torch.Tensor, token_mask: torch.Tensor, rubric_mask: torch.Tensor,
+                              rubric_scores: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Ablation: a GRPO advantage per rubric, spread over tokens by a softmax over rubrics of the relevance.
+
+    Â_k[b,g] = GRPO z-score over g of the rubric's own verdict s[b,g,k]
+    Ã[b,g,t] = Σ_{k valid} softmax_k( w[b,g,:,t] ) · Â_k[b,g],   w = s·r (s² = 1 recovers the relevance)
+
+    Shapes: as intra_sample_token_norm, plus rubric_scores (B, G, K) float in {+1, −1} (0 on padding).
+    """
+    _check_token_inputs(token_rewards, token_mask, rubric_mask)
+    if rubric_scores.shape != token_rewards.shape[:3]:
+        raise ValueError(f"rubric_scores must be (B, G, K) = {tuple(token_rewards.shape[:3])}, "
+                         f"got {tuple(rubric_scores.shape)}")
+    per_rubric_adv = group_advantages(rubric_scores.transpose(1, 2).flatten(0, 1), eps)  # (B·K, G)  transpose, never reshape
+    per_rubric_adv = per_rubric_adv.unflatten(0, rubric_scores.shape[0:3:2]).transpose(1, 2)  # (B, G, K)  Â_k
+    relevance = token_rewards * rubric_scores[..., None]                          # (B, G, K, T)  w
+    logits = relevance.masked_fill(~rubric_mask[:, None, :, None], float("-inf"))  # (B, G, K, T)
+    share = torch.softmax(logits, dim=2)                                          # (B, G, K, T)  over rubrics
+    spread = (share * per_rubric_adv[..., None]).sum(dim=2)                       # (B, G, T)
+    return spread * token_mask.to(token_rewards.dtype)                            # (B, G, T)
+
+
+TOKEN_NORMS = ("intra", "inter", "rubric_mean", "rubric_softmax")
+
+
+def token_advantages(how: str, token_rewards: torch.Tensor, token_mask: torch.Tensor, rubric_mask: torch.Tensor,
+                     rubric_scores: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Dispatch to one of TOKEN_NORMS by name: "intra" (the paper), "inter" (the baseline), or an ablation."""
+    if how == "intra":
+        return intra_sample_token_norm(token_rewards, token_mask, rubric_mask, eps)
+    if how == "inter":
+        return inter_sample_token_norm(token_rewards, token_mask, rubric_mask, eps)
+    if how == "rubric_mean":
+        return rubric_mean_token_norm(token_rewards, token_mask, rubric_mask, eps)
+    if how == "rubric_softmax":
+        return rubric_softmax_token_norm(token_rewards, token_mask, rubric_mask, rubric_scores, eps)
+    raise ValueError(f"unknown token normalisation {how!r}; choose one of {TOKEN_NORMS}")
+
+
+if __name__ == "__main__":
+    # RTT_SPEC §5: two responses violate one rubric on the same 5 tokens; lengths 20 and 200.
+    lengths = (20, 200)
+    token_mask = torch.arange(200)[None, :] < torch.tensor(lengths)[:, None]     # (G, T)
+    token_mask = token_mask[None]                                                 # (B=1, G=2, T=200)
+    relevance = torch.zeros(1, 2, 1, 200)                                         # (B, G, K=1, T)
+    relevance[..., :5] = 1.0                                                      # the 5 offending tokens
+    rubric_scores = -torch.ones(1, 2, 1)                                          # (B, G, K)  both violate
+    rubric_mask = torch.ones(1, 1, dtype=torch.bool)                              # (B, K)
+    rewards = rubric_scores[..., None] * relevance                                # (B, G, K, T)  r = s·w
+    print("response lengths:", lengths, "| relevant tokens: first 5 | verdict: violated (s = -1)")
+    for name in TOKEN_NORMS:
+        adv = token_advantages(name, rewards, token_mask, rubric_mask, rubric_scores)  # (B, G, T)
+        sums = adv.sum(dim=-1)[0].tolist()
+        print(f"{name:>15}: summed token advantage per response = {sums[0]:+8.2f}, {sums[1]:+8.2f}"
+              f"   | first tokens of response 0: {[round(v, 2) for v in adv[0, 0, :7].tolist()]}")
+    print("GRPO advantage for rewards [[1, 0, 0, 1]]:", group_advantages(torch.tensor([[1., 0., 0., 1.]])))

@@ -1,0 +1,194 @@
+"""
+rewards.py — from rubric verdicts to response rewards and token rewards.
+
+Paper:    RTT §3 (rubric-based rewards); RTT_SPEC.md §3 steps 2, 3 and 5.
+Input:    prompts with rubrics, responses as text; rubric scores s (B, G, K) in {+1, −1};
+          relevance weights w (B, G, K, T) in [0, 1] from discriminator.py
+Output:   rubric scores + rubric mask (a judge), response rewards R (B, G), token rewards r = s·w (B, G, K, T)
+
+Judges:   RuleJudge runs a Python checker per rubric type (verifiable rubrics: "start with 'boat'").
+          Every judge is called the same way — judge(prompts, responses) -> (scores, rubric_mask) —
+          so the training loop does not care which one it holds.
+
+Conventions:
+  * s = +1 means the response satisfies the rubric, −1 that it does not; padded rubrics (prompts with
+    fewer than K rubrics) carry s = 0 and rubric_mask = False.
+  * An empty (or all-whitespace) response satisfies no rubric. An empty answer follows no instruction,
+    and rewarding it would make "say nothing" a fixed point of RL (RTT_SPEC §8).
+  * A checker that raises is a NO, and the reason is kept in judge.errors: a crash is never a silent pass.
+
+Deviations from the paper: none in this file.
+
+Demo:     python rewards.py
+"""
+
+from typing import Callable
+
+import torch
+
+# Dimension legend (identical in every file):
+#   B prompts in the batch        G responses per prompt (group)     N = B*G responses, flattened
+#   K rubrics per prompt          T response tokens, right-padded    V vocabulary size
+
+
+def _check_scores(rubric_scores: torch.Tensor, rubric_mask: torch.Tensor | None = None) -> None:
+    """Scores are +1/−1 on valid rubrics (0 is allowed only on padded ones)."""
+    if not rubric_scores.is_floating_point():
+        raise ValueError(f"rubric_scores must be a float tensor, got {rubric_scores.dtype}")
+    if rubric_mask is None:
+        valid_values = (rubric_scores == 1) | (rubric_scores == -1) | (rubric_scores == 0)
+        if not bool(valid_values.all()):
+            raise ValueError("rubric_scores must be +1 (satisfied), -1 (violated) or 0 (padded rubric)")
+        return
+    valid = rubric_mask[:, None, :].expand_as(rubric_scores)                     # (B, G, K)
+    on_valid = rubric_scores[valid]
+    if not bool(((on_valid == 1) | (on_valid == -1)).all()):
+        raise ValueError("rubric_scores must be +1 (satisfied) or -1 (violated) on every valid rubric")
+
+
+def response_reward(rubric_scores: torch.Tensor, rubric_mask: torch.Tensor, how: str = "aon") -> torch.Tensor:
+    """Response-level reward R from the per-rubric verdicts (RTT_SPEC §3 step 3).
+
+    "aon"  all-or-nothing: R = 1 if every valid rubric passes, else 0 (the paper's default). Sparse:
+           a response that passes 4 of 5 rubrics earns exactly what an empty one earns.
+    "mean" constraint satisfaction rate (CSR): R = share of valid rubrics that pass.
+
+    Shapes:
+        rubric_scores  (B, G, K)  float  +1 / −1 (0 on padded rubrics)
+        rubric_mask    (B, K)     bool   True on real rubrics
+        returns        (B, G)     float  in [0, 1]
+
+    Example:
+        >>> s = torch.tensor([[[1., 1., -1.], [1., 1., 1.]]])     # B=1, G=2, K=3
+        >>> m = torch.tensor([[True, True, True]])
+        >>> response_reward(s, m, "aon")
+        tensor([[0., 1.]])
+        >>> response_reward(s, m, "mean")
+        tensor([[0.6667, 1.0000]])
+    """
+    if rubric_scores.dim() != 3:
+        raise ValueError(f"rubric_scores must be (B, G, K), got shape {tuple(rubric_scores.shape)}")
+    if rubric_mask.dtype != torch.bool or rubric_mask.shape != (rubric_scores.shape[0], rubric_scores.shape[2]):
+        raise ValueError(f"rubric_mask must be a bool (B, K) = {(rubric_scores.shape[0], rubric_scores.shape[2])}, "
+                         f"got {rubric_mask.dtype} {tuple(rubric_mask.shape)}")
+    if not bool(rubric_mask.any(dim=1).all()):
+        raise ValueError("every prompt needs at least one rubric (a row of rubric_mask is all False)")
+    _check_scores(rubric_scores, rubric_mask)
+    valid = rubric_mask[:, None, :]                                              # (B, 1, K)
+    passed = (rubric_scores > 0) & valid                                         # (B, G, K)
+    n_valid = valid.sum(dim=2).to(rubric_scores.dtype)                           # (B, 1)
+    n_passed = passed.sum(dim=2).to(rubric_scores.dtype)                         # (B, G)
+    if how == "aon":
+        return (n_passed == n_valid).to(rubric_scores.dtype)                     # (B, G)
+    if how == "mean":
+        return n_passed / n_valid                                                # (B, G)
+    raise ValueError(f"unknown reward {how!r}; choose 'aon' or 'mean'")
+
+
+def token_rewards(rubric_scores: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
+    """Token reward r = s·w: each rubric's verdict credited to the tokens relevant to it (RTT_SPEC §3 step 5).
+
+    A satisfied rubric (+1) rewards its relevant tokens, a violated one (−1) penalises them; tokens the
+    discriminator calls irrelevant (w = 0) get nothing from that rubric.
+
+    Shapes:
+        rubric_scores  (B, G, K)     float  +1 / −1, 0 on padded rubrics
+        relevance      (B, G, K, T)  float  w in [0, 1], 0 on padding; must stay float (RTT_SPEC §6.2:
+                                            storing w in an integer tensor truncates every soft weight to 0)
+        returns        (B, G, K, T)  float
+
+    Example:
+        >>> s = torch.tensor([[[1., -1.]]])                               # B=1, G=1, K=2
+        >>> w = torch.tensor([[[[0.3, 0.0, 1.0], [0.0, 0.9, 0.0]]]])      # T=3
+        >>> token_rewards(s, w)
+        tensor([[[[ 0.3000,  0.0000,  1.0000],
+                  [-0.0000, -0.9000, -0.0000]]]])
+    """
+    if rubric_scores.dim() != 3 or relevance.dim() != 4 or relevance.shape[:3] != rubric_scores.shape:
+        raise ValueError(f"expected rubric_scores (B, G, K) and relevance (B, G, K, T) with matching B, G, K; "
+                         f"got {tuple(rubric_scores.shape)} and {tuple(relevance.shape)}")
+    if not relevance.is_floating_point():
+        raise ValueError(f"relevance must be a float tensor, got {relevance.dtype} "
+                         "(an integer tensor would truncate soft weights to 0; RTT_SPEC §6.2)")
+    if bool((relevance < 0).any()) or bool((relevance > 1).any()):
+        raise ValueError("relevance weights must lie in [0, 1]")
+    _check_scores(rubric_scores)
+    return rubric_scores[..., None] * relevance                                  # (B, G, K, T)
+
+
+def pad_rubrics(prompts: list[dict]) -> tuple[int, torch.Tensor]:
+    """K = the largest rubric count in the batch, and the (B, K) bool mask of real rubrics."""
+    counts = []
+    for prompt in prompts:
+        rubrics = prompt.get("rubrics")
+        if not rubrics:
+            raise ValueError(f"prompt {prompt.get('id', '?')!r} has no rubrics")
+        counts.append(len(rubrics))
+    k_max = max(counts)
+    rubric_mask = torch.arange(k_max)[None, :] < torch.tensor(counts)[:, None]  # (B, K)
+    return k_max, rubric_mask
+
+
+class RuleJudge:
+    """Judge verifiable rubrics with Python checkers: checkers[rubric["type"]](response, **rubric["args"]) -> bool.
+
+    Call:     judge(prompts (B dicts with "rubrics"), responses (B lists of G strings))
+    Returns:  scores (B, G, K) float32 in {+1, −1}, 0 on padded rubrics;  rubric_mask (B, K) bool
+    Errors:   judge.errors collects {"prompt", "rubric", "reason"} for every checker that raised (a NO).
+    """
+
+    def __init__(self, checkers: dict[str, Callable[..., bool]]):
+        self.checkers = checkers
+        self.errors: list[dict] = []
+
+    def verdict(self, rubric: dict, response: str, prompt_id: str = "?") -> bool:
+        if not isinstance(rubric, dict) or "type" not in rubric:
+            raise ValueError(f"prompt {prompt_id!r}: a rubric needs a 'type' (checker id), got {rubric!r}")
+        checker = self.checkers.get(rubric["type"])
+        if checker is None:
+            raise ValueError(f"prompt {prompt_id!r}: unknown rubric type {rubric['type']!r}; "
+                             f"known: {sorted(self.checkers)}")
+        if not response.strip():
+            return False                                 # an empty response satisfies no rubric
+        try:
+            return bool(checker(response, **rubric.get("args", {})))
+        except Exception as error:                       # a crashed checker is a NO, never a silent pass
+            self.errors.append({"prompt": prompt_id, "rubric": rubric.get("description", rubric["type"]),
+                                "reason": f"{type(error).__name__}: {error}"})
+            return False
+
+    def __call__(self, prompts: list[dict], responses: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} groups of responses")
+        group_sizes = {len(group) for group in responses}
+        if len(group_sizes) != 1:
+            raise ValueError(f"every prompt needs the same number of responses G, got sizes {sorted(group_sizes)}")
+        k_max, rubric_mask = pad_rubrics(prompts)
+        scores = torch.zeros(len(prompts), group_sizes.pop(), k_max)             # (B, G, K)
+        for b, (prompt, group) in enumerate(zip(prompts, responses)):
+            for g, response in enumerate(group):
+                for k, rubric in enumerate(prompt["rubrics"]):
+                    scores[b, g, k] = 1.0 if self.verdict(rubric, response, prompt.get("id", str(b))) else -1.0
+        return scores, rubric_mask
+
+
+if __name__ == "__main__":
+    checkers = {
+        "starts_with": lambda response, word: response.split()[0] == word,
+        "exclude": lambda response, word: word not in response.split(),
+    }
+    prompts = [{"id": "p0", "rubrics": [
+        {"type": "starts_with", "args": {"word": "boat"}, "description": "Start with the word 'boat'."},
+        {"type": "exclude", "args": {"word": "rain"}, "description": "Do not use the word 'rain'."}]}]
+    responses = [["boat on the sea", "rain on the boat", "boat in the rain"]]
+    judge = RuleJudge(checkers)
+    scores, rubric_mask = judge(prompts, responses)
+    print("responses:", responses[0])
+    print("rubric scores s (B, G, K):\n", scores)
+    print("response reward, aon  (B, G):", response_reward(scores, rubric_mask, "aon"))
+    print("response reward, mean (B, G):", response_reward(scores, rubric_mask, "mean"))
+    relevance = torch.tensor([[[1., 0., 0., 0.], [0., 0., 0., 0.]],            # response 0: 'boat' starts it
+                              [[1., 0., 0., 0.], [1., 0., 0., 0.]],            # response 1: 'rain' breaks both
+                              [[1., 0., 0., 0.], [0., 0., 0., 1.]]])[None]     # response 2: 'rain' at the end
+    print("relevance w (B, G, K, T):", tuple(relevance.shape))
+    print("token rewards r = s·w (B, G, K, T):\n", token_rewards(scores, relevance))
