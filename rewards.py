@@ -8,7 +8,8 @@ Output:   rubric scores + rubric mask (a judge), response rewards R (B, G), toke
 
 Judges:   RuleJudge runs a Python checker per rubric type (verifiable rubrics: "start with 'boat'").
           Every judge is called the same way — judge(prompts, responses) -> (scores, rubric_mask) —
-          so the training loop does not care which one it holds.
+          so the training loop does not care which one it holds. LLMJudge asks a local causal LM a strict
+          YES/NO question per (response, rubric); HybridJudge uses rule checkers where they exist, the LLM elsewhere.
 
 Conventions:
   * s = +1 means the response satisfies the rubric, −1 that it does not; padded rubrics (prompts with
@@ -170,6 +171,129 @@ class RuleJudge:
                 for k, rubric in enumerate(prompt["rubrics"]):
                     scores[b, g, k] = 1.0 if self.verdict(rubric, response, prompt.get("id", str(b))) else -1.0
         return scores, rubric_mask
+
+
+# ============================================================================ LLM judge and hybrid judge
+# For rubrics no code can verify ("the tone is formal") the paper asks an LLM (DeepSeek-V3.1) whether the response
+# meets the criterion. Our wording is our own. Parsing is strict: only an answer that IS "YES" or "NO" (any case,
+# surrounding spaces, markdown stars or one trailing "." / "!") counts; anything else is an unparsed answer, counted
+# in judge.stats and scored NO. No substring matching: a parser that looks for "no" inside the answer reads
+# "I don't know" as a verdict (k-NO-w), and one that looks for "yes" rewards "yes and no".
+JUDGE_PROMPT = ("You are a strict grader. Decide whether the response below satisfies the criterion.\n\n"
+                "Criterion: {criterion}\n\nResponse:\n{response}\n\n"
+                "Answer YES only if the response fully satisfies the criterion; if it does not, or if you are unsure, "
+                "answer NO. Reply with exactly one word: YES or NO.")
+
+
+def parse_verdict(answer: str) -> bool | None:
+    """True for YES, False for NO, None for anything else (never a substring match).
+
+    >>> [parse_verdict(a) for a in ["YES", " no.", "**Yes**", "I don't know", "No, because", "yes and no"]]
+    [True, False, True, None, None, None]
+    """
+    word = answer.strip().strip("*").strip()
+    if word[-1:] in (".", "!"):
+        word = word[:-1]
+    return {"YES": True, "NO": False}.get(word.upper())
+
+
+class LLMJudge:
+    """Judge each (response, rubric) pair by asking a local causal LM the JUDGE_PROMPT question, greedily, in batches.
+
+    Call:     judge(prompts (B dicts with "rubrics"), responses (B lists of G strings))
+    Returns:  scores (B, G, K) float32 in {+1, −1}, 0 on padded rubrics;  rubric_mask (B, K) bool
+    Logs:     judge.log gets {"prompt", "rubric", "answer" (raw text), "verdict"} per question;
+              judge.stats counts "yes", "no", "unparsed" (scored NO) and "empty" (empty responses, NO unasked).
+    The model stops at tokenizer.eos_token_id: for a chat model make that the end-of-turn token first
+    (real_models.use_chat_eos does). A rubric's criterion is its "description".
+    """
+
+    def __init__(self, model, tokenizer, batch_size: int = 16, max_new_tokens: int = 4):
+        self.model, self.tokenizer = model, tokenizer
+        self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
+        self.log: list[dict] = []
+        self.stats = {"yes": 0, "no": 0, "unparsed": 0, "empty": 0}
+
+    def question_text(self, criterion: str, response: str) -> str:
+        question = JUDGE_PROMPT.format(criterion=criterion, response=response)
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                                      add_generation_prompt=True)
+        return question
+
+    @torch.no_grad()
+    def answer(self, questions: list[str]) -> list[str]:
+        """Raw greedy answers of the model, one per question text."""
+        tok = self.tokenizer
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        device = next(self.model.parameters()).device
+        answers = []
+        for start in range(0, len(questions), self.batch_size):
+            rows = tok(questions[start:start + self.batch_size], add_special_tokens=False)["input_ids"]
+            width = max(len(r) for r in rows)
+            input_ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=device)  # (n, P) left pad
+            attention_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+            out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
+                                      max_new_tokens=self.max_new_tokens, pad_token_id=pad_id,
+                                      eos_token_id=tok.eos_token_id)                                  # (n, P + t)
+            answers += tok.batch_decode(out[:, width:], skip_special_tokens=True)
+        return answers
+
+    def verdicts(self, items: list[tuple[str, dict, str]]) -> list[bool]:
+        """Verdicts for (prompt id, rubric, response) items; empty responses are NO without a question."""
+        asked = [i for i, (_, _, response) in enumerate(items) if response.strip()]
+        answers = self.answer([self.question_text(items[i][1].get("description", ""), items[i][2]) for i in asked])
+        result = [False] * len(items)
+        self.stats["empty"] += len(items) - len(asked)
+        for i, raw in zip(asked, answers):
+            verdict = parse_verdict(raw)
+            self.stats["unparsed" if verdict is None else "yes" if verdict else "no"] += 1
+            self.log.append({"prompt": items[i][0], "rubric": items[i][1].get("description", ""), "answer": raw,
+                             "verdict": bool(verdict)})
+            result[i] = bool(verdict)
+        return result
+
+    def __call__(self, prompts: list[dict], responses: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+        return judge_items(prompts, responses, lambda rubric: False, None, self)
+
+
+class HybridJudge:
+    """Rule checkers where a rubric's "type" has one, the LLM judge for the rest (type "llm" or unknown).
+
+    Call / returns as RuleJudge. judge.rule.errors and judge.llm.log / .stats keep each side's records.
+    """
+
+    def __init__(self, checkers: dict[str, Callable[..., bool]], llm_judge: LLMJudge):
+        self.rule, self.llm = RuleJudge(checkers), llm_judge
+
+    def __call__(self, prompts: list[dict], responses: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+        return judge_items(prompts, responses, lambda rubric: rubric.get("type") in self.rule.checkers, self.rule,
+                           self.llm)
+
+
+def judge_items(prompts: list[dict], responses: list[list[str]], by_rule: Callable[[dict], bool],
+                rule: RuleJudge | None, llm: LLMJudge) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fill scores (B, G, K): rubrics with by_rule(rubric) go to rule.verdict, all others to llm in one batch."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} groups of responses")
+    group_sizes = {len(group) for group in responses}
+    if len(group_sizes) != 1:
+        raise ValueError(f"every prompt needs the same number of responses G, got sizes {sorted(group_sizes)}")
+    k_max, rubric_mask = pad_rubrics(prompts)
+    scores = torch.zeros(len(prompts), group_sizes.pop(), k_max)                  # (B, G, K)
+    index, items = [], []
+    for b, (prompt, group) in enumerate(zip(prompts, responses)):
+        prompt_id = prompt.get("id", str(b))
+        for g, response in enumerate(group):
+            for k, rubric in enumerate(prompt["rubrics"]):
+                if by_rule(rubric):
+                    scores[b, g, k] = 1.0 if rule.verdict(rubric, response, prompt_id) else -1.0
+                else:
+                    index.append((b, g, k))
+                    items.append((prompt_id, rubric, response))
+    for (b, g, k), verdict in zip(index, llm.verdicts(items)):
+        scores[b, g, k] = 1.0 if verdict else -1.0
+    return scores, rubric_mask
 
 
 if __name__ == "__main__":

@@ -1,0 +1,191 @@
+"""eval.py: accuracies against hand counts, the interval over prompts, JSONL scoring, checkpoints and the CLI."""
+import json
+import math
+import statistics
+
+import pytest
+import torch
+
+import data
+import eval as evaluation
+import policy
+from data import make_rubric
+from rewards import RuleJudge
+
+JUDGE = RuleJudge(data.CHECKERS)
+PROMPTS = [
+    {"id": "p0", "prompt": "Write about the sea.", "rubrics": [make_rubric("starts_with", word="boat"),
+                                                             make_rubric("exclude", word="fish")]},
+    {"id": "p1", "prompt": "Write about the moon.", "rubrics": [make_rubric("ends_with", word="moon"),
+                                                              make_rubric("lowercase"),
+                                                              make_rubric("length", lo=2, hi=3)]},
+]
+ROWS = [  # verdicts by hand:                                    starts_with exclude | ends_with lowercase length
+    {"id": "p0", "response": "boat on the sea"},                 # yes yes (all pass)
+    {"id": "p0", "response": "a fish"},                          # no  no
+    {"prompt": "Write about the sea.", "response": "boat fish"}, # yes no
+    {"id": "p1", "response": "the old moon"},                    #                      yes yes yes (all pass)
+    {"id": "p1", "response": "Anna saw the moon"},               #                      yes no  no
+]
+
+
+def test_score_responses_equals_a_hand_count():
+    result = evaluation.score_responses(PROMPTS, ROWS, JUDGE)
+    assert result["n_prompts"] == 2 and result["n_responses"] == 5
+    assert result["instruction_accuracy"] == pytest.approx(2 / 5)                # responses passing every rubric
+    assert result["rubric_accuracy"] == pytest.approx((2 + 0 + 1 + 3 + 1) / (2 + 2 + 2 + 3 + 3))  # micro: 7 / 12
+    assert result["per_type"] == pytest.approx({"starts_with": 2 / 3, "exclude": 1 / 3, "ends_with": 1.0,
+                                                "lowercase": 1 / 2, "length": 1 / 2})
+    assert result["mean_length"] == pytest.approx((4 + 2 + 2 + 3 + 4) / 5)
+    # the interval over the 2 prompts, by the delta-method formula of the reading card
+    passed, total = [1.0, 1.0], [3.0, 2.0]
+    ratio = sum(passed) / sum(total)
+    se = math.sqrt(sum((p - ratio * n) ** 2 for p, n in zip(passed, total)) / 2) / statistics.mean(total)
+    assert result["instruction_accuracy_ci95"] == pytest.approx([max(0, ratio - 1.959964 * se),
+                                                                 min(1, ratio + 1.959964 * se)])
+
+
+def test_interval_with_equal_weights_is_mean_plus_minus_1_96_standard_errors():
+    per_prompt = [0.25, 0.5, 0.5, 0.75, 1.0, 0.0, 0.5, 0.25]
+    mean, ci = evaluation.ratio_ci95(torch.tensor(per_prompt) * 4, torch.full((8,), 4.0))
+    half = 1.959964 * statistics.stdev(per_prompt) / math.sqrt(len(per_prompt))
+    assert mean == pytest.approx(statistics.mean(per_prompt))
+    assert ci == pytest.approx([mean - half, mean + half])
+    assert ci[0] < mean < ci[1]
+
+
+def test_interval_is_clipped_and_degenerate_cases_are_defined():
+    assert evaluation.ratio_ci95(torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0]), torch.ones(5))[1][0] == 0.0  # clipped
+    assert evaluation.ratio_ci95(torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0]), torch.ones(5))[1][1] == 1.0
+    assert evaluation.ratio_ci95(torch.tensor([3.0, 3.0]), torch.tensor([3.0, 3.0])) == (1.0, [1.0, 1.0])
+    assert evaluation.ratio_ci95(torch.tensor([1.0]), torch.tensor([2.0])) == (0.5, [0.0, 1.0])  # one prompt
+    with pytest.raises(ValueError, match="total"):
+        evaluation.ratio_ci95(torch.tensor([1.0]), torch.tensor([0.0]))
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"id": "p9", "response": "boat"}, "row 2: unknown prompt id 'p9'"),
+    ({"prompt": "Write about rain.", "response": "boat"}, "row 2: prompt text"),
+    ({"id": "p0"}, "row 2: needs a string field 'response'"),
+    ({"id": "p0", "response": 3}, "needs a string field 'response'"),
+    ({"response": "boat"}, "row 2: needs an 'id' or a 'prompt'"),
+    (["p0", "boat"], "row 2: expected an object"),
+])
+def test_bad_rows_give_clear_errors(row, message):
+    with pytest.raises(ValueError, match=message):
+        evaluation.score_responses(PROMPTS, [ROWS[0], row], JUDGE)
+
+
+def test_read_jsonl_names_the_bad_line(tmp_path):
+    path = tmp_path / "answers.jsonl"
+    path.write_text('{"id": "p0", "response": "boat"}\n\n{"id": "p1", "response": \n')
+    with pytest.raises(ValueError, match=r"answers.jsonl:3: not valid JSON"):
+        evaluation.read_jsonl(str(path))
+
+
+# ----------------------------------------------------------------------------- evaluate with a policy
+class RecordingJudge:
+    """Judges by a fixed rule on word counts and records every response it saw."""
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, prompts, responses):
+        scores = torch.zeros(len(prompts), len(responses[0]), max(len(p["rubrics"]) for p in prompts))
+        for b, (prompt, group) in enumerate(zip(prompts, responses)):
+            for g, text in enumerate(group):
+                self.seen.append((prompt["id"], text))
+                for k in range(len(prompt["rubrics"])):
+                    scores[b, g, k] = 1.0 if (len(text.split()) + k) % 2 == 0 else -1.0
+        return scores, torch.ones(scores.shape[0], scores.shape[2], dtype=torch.bool)
+
+
+@pytest.fixture(scope="module")
+def tiny_policy():
+    tokenizer = data.build_tokenizer()
+    return policy.build_toy_policy(tokenizer, seed=1).eval(), tokenizer
+
+
+def test_evaluate_counts_every_response_once_and_matches_a_hand_count(tiny_policy):
+    model, tokenizer = tiny_policy
+    prompts = data.make_splits(seed=0, n_train=2, n_val=2, n_test=5, n_unseen=1)["test"]
+    judge = RecordingJudge()
+    result = evaluation.evaluate(model, tokenizer, prompts, judge, n_samples=3, max_new_tokens=5, batch_size=2)
+    assert len(judge.seen) == 5 * 1 + 5 * 3                                      # greedy: 1 per prompt; sampled: 3
+    assert result["n_prompts"] == 5
+    assert result["greedy"]["n_responses"] == 5 and result["sampled"]["n_responses"] == 15
+    assert result["instruction_accuracy"] == result["sampled"]["instruction_accuracy"]
+    assert result["rubric_accuracy"] == result["sampled"]["rubric_accuracy"]
+    n_rubrics = {p["id"]: len(p["rubrics"]) for p in prompts}
+    sampled = judge.seen[5:]
+    assert [pid for pid, _ in sampled] == [p["id"] for p in prompts for _ in range(3)]
+    # rule: rubric k passes iff (words + k) is even; a response passes all only with a single rubric
+    rubric_hits = sum(((len(t.split()) + k) % 2 == 0) for pid, t in sampled for k in range(n_rubrics[pid]))
+    n_pairs = sum(n_rubrics[pid] for pid, _ in sampled)
+    assert result["sampled"]["rubric_accuracy"] == pytest.approx(rubric_hits / n_pairs)
+    assert result["sampled"]["instruction_accuracy"] == 0.0                        # every prompt has >= 3 rubrics
+    assert result["sampled"]["mean_length"] == pytest.approx(sum(len(t.split()) for _, t in sampled) / 15)
+    for mode in ("greedy", "sampled"):
+        lo, hi = result[mode]["rubric_accuracy_ci95"]
+        assert 0.0 <= lo <= result[mode]["rubric_accuracy"] <= hi <= 1.0
+
+
+def test_evaluate_is_deterministic_for_a_seed_and_leaves_train_mode_alone(tiny_policy):
+    model, tokenizer = tiny_policy
+    prompts = data.make_splits(seed=1, n_train=2, n_val=2, n_test=6, n_unseen=1)["test"]
+    judge = RuleJudge(data.CHECKERS)
+    model.train()
+    first = evaluation.evaluate(model, tokenizer, prompts, judge, n_samples=2, max_new_tokens=8, seed=5)
+    assert model.training
+    model.eval()
+    assert evaluation.evaluate(model, tokenizer, prompts, judge, n_samples=2, max_new_tokens=8, seed=5) == first
+    assert set(first["greedy"]) == {"instruction_accuracy", "instruction_accuracy_ci95", "rubric_accuracy",
+                                    "rubric_accuracy_ci95", "per_type", "mean_length", "n_responses"}
+    with pytest.raises(ValueError, match="at least one prompt"):
+        evaluation.evaluate(model, tokenizer, [], judge)
+
+
+# ----------------------------------------------------------------------------- checkpoints and the CLI
+def test_checkpoint_loading_from_a_train_checkpoint_and_clear_errors(tmp_path, tiny_policy):
+    model, tokenizer = tiny_policy
+    policy.save_policy(model, tokenizer, str(tmp_path / "start"))
+    trained = {k: v + 0.5 for k, v in model.state_dict().items()}
+    torch.save({"policy": trained, "config": {"policy": str(tmp_path / "start")}}, tmp_path / "ckpt.pt")
+    loaded, _ = evaluation.load_checkpoint_policy(str(tmp_path / "ckpt.pt"))
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in trained.items())
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    with pytest.raises(SystemExit, match="cannot read checkpoint"):
+        evaluation.load_checkpoint_policy(str(tmp_path / "junk.pt"))
+    torch.save({"policy": {"lm_head.weight": torch.zeros(2, 2)}, "config": {"policy": str(tmp_path / "start")}},
+               tmp_path / "other.pt")
+    with pytest.raises(SystemExit, match="does not fit its policy"):
+        evaluation.load_checkpoint_policy(str(tmp_path / "other.pt"))
+    with pytest.raises(SystemExit, match="cannot load a policy"):
+        evaluation.load_checkpoint_policy(str(tmp_path))                         # a dir without a policy
+
+
+def test_cli_scores_a_responses_file_and_writes_json(tmp_path):
+    prompts = data.make_splits(seed=0)["val"][:2]
+    rows = [{"id": p["id"], "response": " ".join(data.satisfying_response(p, __import__("random").Random(0)))}
+            for p in prompts] + [{"id": prompts[0]["id"], "response": ""}]
+    (tmp_path / "answers.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out" / "scores.json"
+    evaluation.main(["--responses", str(tmp_path / "answers.jsonl"), "--split", "val", "--json", str(out)])
+    written = json.loads(out.read_text())
+    assert written["n_prompts"] == 2 and written["n_responses"] == 3 and written["split"] == "val"
+    assert written["instruction_accuracy"] == pytest.approx(2 / 3)               # the empty answer fails all
+    assert not list(out.parent.glob("*.tmp*"))
+    with pytest.raises(SystemExit, match="unknown split"):
+        evaluation.main(["--split", "dev"])
+
+
+def test_cli_evaluates_a_saved_policy(tmp_path, tiny_policy):
+    model, tokenizer = tiny_policy
+    policy.save_policy(model, tokenizer, str(tmp_path / "policy"))
+    out = tmp_path / "eval.json"
+    evaluation.main(["--checkpoint", str(tmp_path / "policy"), "--split", "val", "--samples", "1",
+                     "--max_new_tokens", "3", "--json", str(out)])
+    written = json.loads(out.read_text())
+    for mode in ("greedy", "sampled"):
+        assert written[mode]["n_responses"] == written["n_prompts"] == 128
+        assert {"instruction_accuracy", "rubric_accuracy", "per_type"} <= set(written[mode])
