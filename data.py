@@ -181,7 +181,7 @@ def make_rubric(rubric_type: str, **args) -> dict:
     """A rubric dict {"type", "args", "description"}; ValueError for an unknown type or wrong args.
 
     >>> make_rubric("starts_with", word="boat")["description"]
-    "The response must start with the word 'boat'."
+    "Start with 'boat'."
     """
     if rubric_type not in CHECKERS:
         raise ValueError(f"unknown rubric type {rubric_type!r}; known: {sorted(CHECKERS)}")

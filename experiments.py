@@ -58,8 +58,9 @@ T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
 def mean_ci(values: list[float]) -> dict:
     """Mean and 95% t-interval half-width over seeds (half-width NaN for a single seed).
 
-    >>> mean_ci([0.1, 0.2, 0.3])["mean"], round(mean_ci([0.1, 0.2, 0.3])["ci95"], 4)
-    (0.2, 0.2484)
+    >>> stat = mean_ci([0.1, 0.2, 0.3])
+    >>> round(stat["mean"], 4), round(stat["ci95"], 4), stat["n"]
+    (0.2, 0.2484, 3)
     """
     n = len(values)
     if n == 0:
@@ -196,6 +197,11 @@ def plot(results: dict[str, dict[int, dict]], out: str) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    colours = plt.get_cmap("tab20").colors                   # 20 distinct colours: one per method
+    style = {method: {"color": "black", "linestyle": "--"} if method == BASELINE else
+             {"color": colours[(2 * i) % 20 + (2 * i) // 20], "linestyle": ":" if method == "rtt-uniform" else "-"}
+             for i, method in enumerate(results)}
+
     def band(ax, curves: list[list[tuple[int, float]]], label: str, smooth: int = 1) -> None:
         length = min(len(c) for c in curves)
         steps = [curves[0][i][0] for i in range(length)]
@@ -204,9 +210,9 @@ def plot(results: dict[str, dict[int, dict]], out: str) -> list[str]:
             columns = [[sum(c[j][1] for j in range(max(0, i - smooth + 1), i + 1)) / (i + 1 - max(0, i - smooth + 1))
                         for c in curves] for i in range(length)]
         mean = [sum(col) / len(col) for col in columns]
-        line, = ax.plot(steps, mean, label=label)
-        ax.fill_between(steps, [min(col) for col in columns], [max(col) for col in columns], alpha=0.15,
-                        color=line.get_color())
+        ax.plot(steps, mean, label=label, **style[label])
+        ax.fill_between(steps, [min(col) for col in columns], [max(col) for col in columns], alpha=0.12,
+                        color=style[label]["color"])
 
     paths = []
     fig, ax = plt.subplots(figsize=(8, 5))

@@ -159,18 +159,7 @@ class RuleJudge:
             return False
 
     def __call__(self, prompts: list[dict], responses: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
-        if len(prompts) != len(responses):
-            raise ValueError(f"{len(prompts)} prompts but {len(responses)} groups of responses")
-        group_sizes = {len(group) for group in responses}
-        if len(group_sizes) != 1:
-            raise ValueError(f"every prompt needs the same number of responses G, got sizes {sorted(group_sizes)}")
-        k_max, rubric_mask = pad_rubrics(prompts)
-        scores = torch.zeros(len(prompts), group_sizes.pop(), k_max)             # (B, G, K)
-        for b, (prompt, group) in enumerate(zip(prompts, responses)):
-            for g, response in enumerate(group):
-                for k, rubric in enumerate(prompt["rubrics"]):
-                    scores[b, g, k] = 1.0 if self.verdict(rubric, response, prompt.get("id", str(b))) else -1.0
-        return scores, rubric_mask
+        return judge_items(prompts, responses, lambda rubric: True, self, None)
 
 
 # ============================================================================ LLM judge and hybrid judge
@@ -272,7 +261,7 @@ class HybridJudge:
 
 
 def judge_items(prompts: list[dict], responses: list[list[str]], by_rule: Callable[[dict], bool],
-                rule: RuleJudge | None, llm: LLMJudge) -> tuple[torch.Tensor, torch.Tensor]:
+                rule: RuleJudge | None, llm: LLMJudge | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Fill scores (B, G, K): rubrics with by_rule(rubric) go to rule.verdict, all others to llm in one batch."""
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} groups of responses")
@@ -291,7 +280,7 @@ def judge_items(prompts: list[dict], responses: list[list[str]], by_rule: Callab
                 else:
                     index.append((b, g, k))
                     items.append((prompt_id, rubric, response))
-    for (b, g, k), verdict in zip(index, llm.verdicts(items)):
+    for (b, g, k), verdict in zip(index, llm.verdicts(items) if items else []):
         scores[b, g, k] = 1.0 if verdict else -1.0
     return scores, rubric_mask
 

@@ -521,7 +521,8 @@ def main(argv: list[str]) -> dict:
     # ---------------------------------------------------------------- summary
     if cfg.final_eval:
         summary["final"] = run_eval("test")
-        summary["final_unseen_combos"] = run_eval("test_unseen_combos")
+        if "test_unseen_combos" in splits:                                        # Rubric World's held-out combinations
+            summary["final_unseen_combos"] = run_eval("test_unseen_combos")
     summary.update(wall_seconds=round(time.time() - wall_start, 1), collapse=collapse or None,
                    outputs={name: os.path.join(cfg.out_dir, name) for name in
                             ("metrics.jsonl", "evals.jsonl", "samples.txt", "ckpt.pt", "summary.json")})

@@ -4,7 +4,7 @@ At the toy preset (B = 16 prompts, G = 8 responses each) one RL step generates N
 warm-start toy policy (policy.generate on policy.encode_prompts) and then scores all N·K (response, rubric)
 pairs with the toy discriminator (discriminator.relevance, one chunked batched forward). Prints the median
 time of each over several repeats and their ratio.
-Target (issue): relevance / generation <= 0.5.
+Target: relevance / generation <= 0.5 (relevance must not dominate an RL step).
 
 Run:  python benchmarks/discriminator_speed.py [--threads 1] [--repeats 5]
       --warm-start-steps 10 --policy-cache /tmp/toy_policy   (a briefly warmed-up policy when the cached one is

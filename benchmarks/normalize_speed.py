@@ -2,7 +2,7 @@
 
 Prints ms per call, the speed-up over a per-(response, rubric) Python loop, and the cost relative to one
 plain reduction (x.sum(-1)) over the same (B, G, K, T) tensor.
-Targets (issue): >= 5x faster than the loop; <= 40x one plain reduction.
+Targets: >= 5x faster than the loop; <= 40x one plain reduction.
 
 Run:  python benchmarks/normalize_speed.py [--threads 1] [--repeats 5]
 """

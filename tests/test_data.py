@@ -57,7 +57,7 @@ def test_unknown_rubric_type_and_bad_args_raise_value_error():
 def test_make_rubric_description_names_its_arguments():
     rubric = make_rubric("count", word="salt", n=2)
     assert rubric == {"type": "count", "args": {"word": "salt", "n": 2},
-                      "description": "The response must use the word 'salt' exactly 2 times."}
+                      "description": "Use 'salt' exactly 2 times."}
 
 
 # ----------------------------------------------------------------------------- splits

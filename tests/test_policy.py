@@ -151,9 +151,9 @@ def padded_batch(tokenizer, rows):
 
 def test_decode_responses_toy_tokenizer_gives_the_words_joined_by_spaces():
     tokenizer = data.build_tokenizer()
-    texts = [["boat ; Anna 3 .", "the old moon"], ["salt", "cold moss"]]
+    texts = [["boat ; Anna 3 .", "the very moon"], ["salt", "very moss"]]
     rows = [[tokenizer.convert_tokens_to_ids(t.split()) + [tokenizer.eos_token_id] for t in texts[0]],
-            [tokenizer.convert_tokens_to_ids(["salt"]), tokenizer.convert_tokens_to_ids(["cold", "moss"])]]  # no EOS
+            [tokenizer.convert_tokens_to_ids(["salt"]), tokenizer.convert_tokens_to_ids(["very", "moss"])]]  # no EOS
     response_ids, token_mask = padded_batch(tokenizer, rows)
     assert policy.decode_responses(tokenizer, response_ids, token_mask) == texts
     token_mask[0, 1, 1:] = False                                                 # masked tokens are dropped

@@ -14,7 +14,7 @@ import train
 from rtt_grpo import policy_loss
 from transformers import LlamaConfig, LlamaForTokenClassification
 
-TINY = ["--prompts_per_step", "2", "--group_size", "3", "--max_new_tokens", "12", "--eval_prompts", "3",
+TINY = ["--relevance_threshold", "0", "--prompts_per_step", "2", "--group_size", "3", "--max_new_tokens", "12", "--eval_prompts", "3",
         "--eval_samples", "2", "--eval_every", "0", "--sample_every", "1", "--ckpt_every", "1"]
 
 
