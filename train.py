@@ -403,7 +403,7 @@ def main(argv: list[str]) -> dict:
             summary["start"] = json.load(f)
     first_metrics, collapse = None, ""
     print(f"training {cfg.preset}: λ={cfg.lam} {cfg.method}, reward {cfg.reward}, norm {cfg.norm}, relevance "
-          f"{cfg.relevance}, B={cfg.prompts_per_step} G={cfg.group_size}, steps {start_step}->{cfg.max_steps}, {device}")
+          f"{cfg.relevance}{f' (binary, w >= {cfg.relevance_threshold})' if cfg.relevance_threshold else ''}, B={cfg.prompts_per_step} G={cfg.group_size}, steps {start_step}->{cfg.max_steps}, {device}")
     progress = tqdm(range(start_step, cfg.max_steps), initial=start_step, total=cfg.max_steps, desc="RL", unit="step")
     try:
         for step in progress:
