@@ -15,10 +15,10 @@ Groups:   response level: the G responses to one prompt (GRPO).
           which adds a per-response constant to every token: long responses collect it many times.
 
 Numerics: masked statistics use the population std over valid tokens and add eps, so tied groups,
-          constant weights, one-token and empty responses give 0, never NaN. Every statistic is a
-          matrix product against the token mask (no Python loop over prompts, samples, rubrics or
-          tokens), and the data are shifted by one of their own values first, so a constant row is
-          exactly 0 after the shift and its advantage is exactly 0 (not 1e-8 / (1e-8 + eps)).
+          constant weights, one-token and empty responses give 0, never NaN. No Python loop over
+          prompts, samples, rubrics or tokens: the rows are shifted by one of their own values and zeroed
+          on padding in one temporary tensor, then sums, norms and one matrix product read it. After the
+          shift a constant row is exactly 0, so its advantage is exactly 0 (not 1e-8 / (1e-8 + eps)).
 
 Deviations from the paper (tagged `# DEVIATION(n)` in the code):
   1. eps is added to the std (GRPO and token level) so a tied group gives 0 instead of NaN.
@@ -113,9 +113,10 @@ def intra_sample_token_norm(token_rewards: torch.Tensor, token_mask: torch.Tenso
     first = _first_valid_index(token_mask)                                        # (B, G)
     index = first[:, :, None, None].expand(*token_rewards.shape[:3], 1)           # (B, G, K, 1)
     shifted = token_rewards - token_rewards.gather(-1, index)                     # (B, G, K, T)
-    # masked moments as matrix products against the token mask: Σ_t x[k,t]·m[t]
-    sum_x = (shifted @ tok_weight[..., None]).squeeze(-1)                         # (B, G, K)
-    sum_x2 = ((shifted * shifted) @ tok_weight[..., None]).squeeze(-1)            # (B, G, K)
+    shifted.mul_(tok_weight[:, :, None, :])                                       # padding -> 0, in place
+    # masked moments of the zero-padded rows: Σ_t x and Σ_t x² (a norm reads x, it writes no new tensor)
+    sum_x = shifted.sum(dim=-1)                                                   # (B, G, K)
+    sum_x2 = torch.linalg.vector_norm(shifted, dim=-1).square()                   # (B, G, K)
     mean = sum_x / n_tokens                                                       # (B, G, K)  μ (shifted)
     var = (sum_x2 / n_tokens - mean * mean).clamp(min=0)                          # (B, G, K)  population
     coef = _rubric_average(1.0 / (var.sqrt() + eps), rubric_mask)                 # (B, G, K)  c_k / (σ_k + ε), DEVIATION(1)
@@ -145,8 +146,9 @@ def inter_sample_token_norm(token_rewards: torch.Tensor, token_mask: torch.Tenso
     first_flat = _first_valid_index(token_mask.reshape(b_size, g_size * t_size))  # (B,)  index into G·T
     ref = token_rewards[torch.arange(b_size), first_flat // t_size, :, first_flat % t_size]  # (B, K)
     shifted = token_rewards - ref[:, None, :, None]                               # (B, G, K, T)
-    sum_x = (shifted @ tok_weight[..., None]).squeeze(-1).sum(dim=1)              # (B, K)
-    sum_x2 = ((shifted * shifted) @ tok_weight[..., None]).squeeze(-1).sum(dim=1)  # (B, K)
+    shifted.mul_(tok_weight[:, :, None, :])                                       # padding -> 0, in place
+    sum_x = shifted.sum(dim=-1).sum(dim=1)                                        # (B, K)
+    sum_x2 = torch.linalg.vector_norm(shifted, dim=-1).square().sum(dim=1)        # (B, K)
     mean = sum_x / n_tokens                                                       # (B, K)
     var = (sum_x2 / n_tokens - mean * mean).clamp(min=0)                          # (B, K)
     coef = _rubric_average((1.0 / (var.sqrt() + eps))[:, None, :], rubric_mask)   # (B, 1, K)  DEVIATION(1)
