@@ -52,8 +52,9 @@ REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 MAX_NEW_TOKENS = data.MAX_WORDS + 1          # the longest response a rubric accepts, plus EOS
 TOY_ARCH = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
             "num_key_value_heads": 4, "max_position_embeddings": 256, "tie_word_embeddings": True}
-# 1000 steps at lr 1e-3: copying rubric words from the prompt emerges between steps 500 and 700 (first-word
-# accuracy 0.33 -> 0.73 on 64 test prompts), then saturates near the teacher's own rate
+# Copying rubric words from the prompt emerges between steps 500 and 700 (first-word accuracy 0.33 -> 0.73 on
+# 64 test prompts at lr 1e-3). These settings reach the paper's regime in 80-90 s on 2 threads: sampled test
+# accuracy rubric 0.561, instruction 0.122 (2000 steps at lr 1e-3 with p = 0.75: 0.608 / 0.177, in 176 s).
 WARM_START = {"steps": 1500, "batch_size": 32, "lr": 2e-3, "warmup": 100, "p_satisfy": data.TEACHER_P_SATISFY,
               "seed": 0, "data_seed": 0}
 
