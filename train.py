@@ -192,13 +192,6 @@ class Logger:
             self.run.log(metrics, step=step)
 
 
-def write_json(path: str, obj) -> None:
-    """Atomic: a crash mid-write never leaves half a file."""
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(path + ".tmp", path)
-
-
 def save_checkpoint(path: str, model, optimizer, scheduler, step: int, cfg: Config) -> None:
     """Everything needed to resume, in one file, written atomically."""
     state = {"policy": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -398,7 +391,7 @@ def main(argv: list[str]) -> dict:
     start_path = os.path.join(cfg.out_dir, "start_eval.json")                 # kept so a resumed run reports it
     if cfg.final_eval:
         if not os.path.exists(start_path):
-            write_json(start_path, run_eval("test"))
+            evaluation.write_json(start_path, run_eval("test"))
         with open(start_path) as f:
             summary["start"] = json.load(f)
     first_metrics, collapse = None, ""
@@ -414,13 +407,9 @@ def main(argv: list[str]) -> dict:
             prompt_ids = policy_lib.encode_prompts(tokenizer, prompts)
             sampler = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
             model.eval()
-            sampling = dict(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, generator=sampler)
-            if cfg.max_batch_tokens:                                              # chunks within the memory budget
-                response_ids, token_mask = real_models.generate_chunked(
-                    model, tokenizer, prompt_ids, cfg.group_size, cfg.max_new_tokens, cfg.max_batch_tokens, **sampling)
-            else:
-                response_ids, token_mask = policy_lib.generate(
-                    model, tokenizer, prompt_ids, cfg.group_size, cfg.max_new_tokens, **sampling)  # (B, G, T) x2
+            response_ids, token_mask = real_models.generate_chunked(              # chunks within the memory budget
+                model, tokenizer, prompt_ids, cfg.group_size, cfg.max_new_tokens, cfg.max_batch_tokens or 1 << 62,
+                temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, generator=sampler)  # (B, G, T) x2
             timings["time/generate"] = time.perf_counter() - tic
             # ------------------------------------------------------------ 2. judge every rubric (rewards.py)
             tic = time.perf_counter()
@@ -526,7 +515,7 @@ def main(argv: list[str]) -> dict:
     summary.update(wall_seconds=round(time.time() - wall_start, 1), collapse=collapse or None,
                    outputs={name: os.path.join(cfg.out_dir, name) for name in
                             ("metrics.jsonl", "evals.jsonl", "samples.txt", "ckpt.pt", "summary.json")})
-    write_json(os.path.join(cfg.out_dir, "summary.json"), summary)
+    evaluation.write_json(os.path.join(cfg.out_dir, "summary.json"), summary)
     print_summary(summary)
     return summary
 
