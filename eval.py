@@ -48,6 +48,7 @@ from transformers import HfArgumentParser
 
 import data
 import policy as policy_lib
+import real_models
 from rewards import RuleJudge
 
 # Dimension legend (identical in every file):
@@ -228,11 +229,11 @@ def load_checkpoint_policy(path: str | None, device: str = "cpu"):
     if not isinstance(state, dict) or not isinstance(state.get("policy"), dict):
         raise SystemExit(f"{path!r} is not a train.py checkpoint (no 'policy' state dict)")
     source = (state.get("config") or {}).get("policy", "toy")
-    try:
+    try:                                                 # a real policy loads as train.py loaded it (chat eos, pad)
         model, tokenizer = (policy_lib.load_or_build_toy_policy(device=device) if source == "toy"
-                            else policy_lib.load_policy(source, device))
+                            else real_models.load_policy(source, device))
         model.load_state_dict(state["policy"])
-    except (RuntimeError, ValueError) as error:
+    except (OSError, RuntimeError, ValueError) as error:
         raise SystemExit(f"checkpoint {path!r} does not fit its policy {source!r}: {error}") from error
     return model.eval(), tokenizer
 

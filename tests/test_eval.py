@@ -9,6 +9,7 @@ import torch
 import data
 import eval as evaluation
 import policy
+import real_models
 from data import make_rubric
 from rewards import RuleJudge
 
@@ -189,3 +190,15 @@ def test_cli_evaluates_a_saved_policy(tmp_path, tiny_policy):
     for mode in ("greedy", "sampled"):
         assert written[mode]["n_responses"] == written["n_prompts"] == 128
         assert {"instruction_accuracy", "rubric_accuracy", "per_type"} <= set(written[mode])
+
+
+def test_checkpoint_of_a_real_policy_is_reloaded_with_its_own_family(tmp_path):
+    """A train.py ckpt.pt of a non-toy policy comes back as that model class (here Qwen2), with its weights."""
+    model, tokenizer = real_models.build_tiny_chat_model("qwen2", seed=1)
+    model.save_pretrained(tmp_path / "qwen")
+    tokenizer.save_pretrained(tmp_path / "qwen")
+    state = {name: value + 0.01 for name, value in model.state_dict().items()}  # "trained" weights
+    torch.save({"policy": state, "config": {"policy": str(tmp_path / "qwen")}}, tmp_path / "ckpt.pt")
+    loaded, loaded_tokenizer = evaluation.load_checkpoint_policy(str(tmp_path / "ckpt.pt"))
+    assert type(loaded).__name__ == "Qwen2ForCausalLM" and loaded_tokenizer.eos_token == "<|im_end|>"
+    assert all(torch.equal(loaded.state_dict()[name], value) for name, value in state.items())

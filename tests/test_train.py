@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import discriminator
+import eval as evaluation
 import policy
 import real_models
 import train
@@ -156,6 +157,11 @@ def test_paper_preset_on_a_tiny_llama_with_hybrid_judge_discriminator_and_micro_
     assert all(m["grad_norm"] == m["grad_norm"] and m["time/relevance"] > 0 for m in metrics)
     assert summary["start"]["n_prompts"] == 1 and "final_unseen_combos" not in summary
     assert torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)["step"] == 2
+    # eval.py reloads the checkpoint as train.py loaded the policy: the trained weights, the chat end-of-turn eos
+    evaluated, eval_tokenizer = evaluation.load_checkpoint_policy(os.path.join(out, "ckpt.pt"))
+    trained = torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)["policy"]
+    assert all(torch.equal(evaluated.state_dict()[name], value) for name, value in trained.items())
+    assert eval_tokenizer.eos_token == "<|eot_id|>" == chat_tokenizer.eos_token
 
 
 def test_real_model_configs_missing_a_part_are_refused():
