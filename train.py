@@ -124,10 +124,6 @@ class Config:
     final_eval: bool = field(default=True, metadata={"help": "evaluate start and final policy on the test split"})
     wandb_project: str = field(default="", metadata={"help": "log to this wandb project (off when empty)"})
 
-    @property
-    def responses_per_step(self) -> int:                                          # N = B·G
-        return self.prompts_per_step * self.group_size
-
 
 def parse_config(argv: list[str]) -> Config:
     """`python train.py [preset] [--flag value ...]`: the preset sets defaults, flags override them."""

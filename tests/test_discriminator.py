@@ -169,6 +169,19 @@ def test_greedy_parsing_counts_and_drops_malformed_answers_and_missing_quotes(to
     assert stats == {"answers": 3, "malformed": 2, "quotes_not_found": 1}
 
 
+def test_llm_quotes_asks_one_question_per_pair_with_rubric_and_response():
+    asked = []
+
+    def fake_generate(prompts):
+        asked.extend(prompts)
+        return ['{"relevance": "none"}'] * len(prompts)
+
+    answers = disc.llm_quotes(fake_generate, ["Start with 'boat'.", "Avoid 'fish'."], ["boat and sea", "the fish"])
+    assert answers == ['{"relevance": "none"}'] * 2 and len(asked) == 2
+    assert "Start with 'boat'." in asked[0] and "boat and sea" in asked[0]
+    assert "Avoid 'fish'." in asked[1] and "the fish" in asked[1]
+
+
 def test_rubric_world_greedy_quoter_points_at_named_words(tokenizer):
     rubric = data.make_rubric("include", word="boat")
     example = disc.make_example(rubric["description"], tokenizer.convert_tokens_to_ids(["a", "boat", "boat"]) + [2],
