@@ -72,7 +72,7 @@ META_FILE = "rtt_discriminator.json"          # written next to the weights by s
 
 # ============================================================================ model
 def build_toy_discriminator(tokenizer, backbone: str = "bidirectional", hidden: int = 64, layers: int = 2,
-                            heads: int = 4, max_len: int = 256, seed: int = 0):
+                            heads: int = 4, intermediate: int = 128, max_len: int = 256, seed: int = 0):
     """A tiny token classifier (1 logit per token) over `tokenizer`'s vocabulary, built from a config.
 
     backbone "causal": a Llama (left context only; needs the end-of-sequence token in the response).
@@ -81,7 +81,7 @@ def build_toy_discriminator(tokenizer, backbone: str = "bidirectional", hidden: 
     """
     torch.manual_seed(seed)
     common = dict(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
-                  num_attention_heads=heads, intermediate_size=4 * hidden, num_labels=1,
+                  num_attention_heads=heads, intermediate_size=intermediate, num_labels=1,
                   pad_token_id=tokenizer.pad_token_id)
     if backbone == "causal":
         config = LlamaConfig(num_key_value_heads=heads, max_position_embeddings=max_len,
@@ -207,9 +207,15 @@ def _check_responses(prompts: list[dict], response_ids: torch.Tensor, token_mask
     return lengths
 
 
+# Padded tokens per discriminator forward pass. On a CPU small chunks win: a chunk's activations stay in cache
+# (a toy encoder with a 256-wide feed-forward layer scored one RL step's 544 pairs in 128 ms in 4096-token
+# chunks, 178 ms in one 16384-token chunk, 1 thread). Raise it on a GPU (train.py --max_batch_tokens).
+INFERENCE_BATCH_TOKENS = 4096
+
+
 @torch.no_grad()
 def pair_probabilities(model, tokenizer, descriptions: list[str], responses: list[list[int]],
-                       max_tokens_per_batch: int = 16384) -> list[torch.Tensor]:
+                       max_tokens_per_batch: int = INFERENCE_BATCH_TOKENS) -> list[torch.Tensor]:
     """sigmoid(logit) for every response token of M (rubric, response) pairs, batched under a token budget.
 
     Pairs are sorted by length so each chunk pads little; a chunk holds as many pairs as fit in
@@ -239,7 +245,7 @@ def pair_probabilities(model, tokenizer, descriptions: list[str], responses: lis
 
 
 def relevance(model, tokenizer, prompts: list[dict], response_ids: torch.Tensor, token_mask: torch.Tensor,
-              max_tokens_per_batch: int = 16384) -> torch.Tensor:
+              max_tokens_per_batch: int = INFERENCE_BATCH_TOKENS) -> torch.Tensor:
     """The discriminator as a relevance provider: w[b,g,k,t] = σ(logit of token t | rubric k, response (b,g)).
 
     Every valid (response, rubric) pair is one discriminator sequence; all N·K of them go through the model
@@ -301,7 +307,7 @@ def random_relevance(prompts: list[dict], response_ids: torch.Tensor, token_mask
 
 
 def make_relevance_fn(model=None, tokenizer=None, kind: str = "discriminator", policy_tokenizer=None,
-                      max_tokens_per_batch: int = 16384, seed: int = 0) -> Callable:
+                      max_tokens_per_batch: int = INFERENCE_BATCH_TOKENS, seed: int = 0) -> Callable:
     """A relevance provider fn(prompts, response_ids, token_mask) -> (B, G, K, T) for the training loop.
 
     kind "discriminator" (needs model + tokenizer; checked against policy_tokenizer when given),
@@ -651,7 +657,8 @@ def token_metrics(probs: list[torch.Tensor], labels: list[list[float]], violated
             "top1_violated": sum(hits) / len(hits) if hits else float("nan")}
 
 
-def predict_examples(model, tokenizer, examples: list[dict], max_tokens_per_batch: int = 16384) -> list[torch.Tensor]:
+def predict_examples(model, tokenizer, examples: list[dict],
+                     max_tokens_per_batch: int = INFERENCE_BATCH_TOKENS) -> list[torch.Tensor]:
     """The discriminator's relevance for every example's response tokens."""
     return pair_probabilities(model, tokenizer, [e["description"] for e in examples],
                               [e["response_ids"] for e in examples], max_tokens_per_batch)
@@ -660,10 +667,12 @@ def predict_examples(model, tokenizer, examples: list[dict], max_tokens_per_batc
 # ============================================================================ Rubric World (the toy task)
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 # DEVIATION(1): a tiny encoder trained on programmatic minimal pairs stands in for a fine-tuned LLM.
-# 3000 steps at lr 1e-3: matching a rubric's word to the same word in the response (include, exclude, order)
-# needs the longer run; on identifiable test labels F1 0.75 after 1000 steps at lr 3e-3, 0.97 with these.
-TOY_SETTINGS = dict(backbone="bidirectional", hidden=64, layers=2, heads=4, steps=3000, batch_size=64, lr=1e-3,
-                    seed=0, data_seed=0)
+# Matching a rubric's word to the same word in the response (include, exclude, order) needs the long run: on
+# identifiable test labels F1 0.75 after 1000 steps at lr 3e-3, 0.92 with these settings (lr 2e-3 was faster on
+# one thread and much worse on two: 0.94 vs 0.79). A 256-wide feed-forward layer reached 0.98 but made
+# relevance inference 1.3x slower (README, Speed).
+TOY_SETTINGS = dict(backbone="bidirectional", hidden=64, layers=2, heads=4, intermediate=128, steps=3000,
+                    batch_size=64, lr=1e-3, seed=0, data_seed=0)
 
 # Which diff labels can be recovered from ONE response (RTT_SPEC §4 trap 2; the table in data.py), by
 # (rubric type, side). The others point at a random word (the filler that replaced a required word, the
@@ -763,7 +772,8 @@ def load_or_train_toy_discriminator(device: str = "cpu", cache_dir: str | None =
             return load_discriminator(cache_dir, tokenizer, device)
     examples = rubric_world_examples(prompts, tokenizer, seed=wanted["seed"])
     model = build_toy_discriminator(tokenizer, backbone=wanted["backbone"], hidden=wanted["hidden"],
-                                    layers=wanted["layers"], heads=wanted["heads"], seed=wanted["seed"])
+                                    layers=wanted["layers"], heads=wanted["heads"],
+                                    intermediate=wanted["intermediate"], seed=wanted["seed"])
     start = time.time()
     losses = train_discriminator(model, tokenizer, examples, steps=wanted["steps"], batch_size=wanted["batch_size"],
                                  lr=wanted["lr"], seed=wanted["seed"])

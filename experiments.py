@@ -32,12 +32,14 @@ from tqdm import tqdm
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 
 # name -> train.py flags on top of the toy preset. "rtt" is the paper's setting (trained discriminator, intra-sample,
-# add, λ = 0.5, AON) with the toy preset's binary relevance (w >= 0.5); "rtt-soft" keeps the soft weights.
+# add, λ = 0.5, AON) with the toy preset's binary relevance (w >= 0.5) and its end-of-sequence token left to the
+# response advantage; "rtt-soft" keeps the soft weights, "rtt-eos" gives the end-of-sequence token a token advantage.
 METHODS = {
     "grpo-aon": ["--lam", "0", "--reward", "aon"],
     "grpo-mean": ["--lam", "0", "--reward", "mean"],
     "rtt": ["--relevance", "discriminator"],
     "rtt-soft": ["--relevance", "discriminator", "--relevance_threshold", "0"],
+    "rtt-eos": ["--relevance", "discriminator", "--eos_token_advantage", "True"],
     "rtt-oracle": ["--relevance", "oracle"],
     "rtt-uniform": ["--relevance", "uniform"],
     "rtt-random": ["--relevance", "random"],

@@ -175,3 +175,28 @@ def test_real_model_configs_missing_a_part_are_refused():
         train.parse_config(["--data", "ifeval"])
     with pytest.raises(SystemExit, match="oracle needs Rubric World"):
         train.parse_config(["smollm2", "--relevance", "oracle"])
+
+
+def test_rtt_advantages_leave_the_end_of_sequence_token_to_the_response_advantage():
+    """eos_token_advantage False: A = Â exactly on the left-out token, the token term still sums to zero over
+    the remaining tokens of each response, and uniform relevance on them still gives GRPO."""
+    torch.manual_seed(0)
+    b, g, k, t = 2, 4, 3, 6
+    scores = torch.where(torch.rand(b, g, k) < 0.6, 1.0, -1.0)                  # (B, G, K)
+    rubric_mask = torch.tensor([[True, True, True], [True, True, False]])       # (B, K)
+    lengths = torch.tensor([[6, 4, 5, 3], [2, 6, 4, 5]])                         # (B, G), EOS last
+    token_mask = torch.arange(t) < lengths[..., None]                            # (B, G, T)
+    eos = torch.arange(t) == (lengths - 1)[..., None]                            # (B, G, T)
+    content = token_mask & ~eos
+    relevance = torch.rand(b, g, k, t) * token_mask[:, :, None, :]               # (B, G, K, T)
+    cfg = train.parse_config(["--eos_token_advantage", "False"])
+    _, resp_adv, tok_adv, adv = train.rtt_advantages(cfg, scores, rubric_mask, relevance, content)
+    assert torch.equal(tok_adv[eos], torch.zeros(int(eos.sum())))
+    assert torch.equal(adv[eos], resp_adv[..., None].expand(b, g, t)[eos])
+    torch.testing.assert_close(tok_adv.sum(-1), torch.zeros(b, g), atol=1e-5, rtol=0)
+    assert tok_adv[content].abs().sum() > 0
+    _, _, _, with_eos = train.rtt_advantages(train.parse_config([]), scores, rubric_mask, relevance, token_mask)
+    assert not torch.equal(with_eos[eos], adv[eos])
+    uniform = content[:, :, None, :].expand(b, g, k, t).float()
+    _, _, _, grpo = train.rtt_advantages(cfg, scores, rubric_mask, uniform, content)
+    assert torch.equal(grpo, resp_adv[..., None].expand(b, g, t))
