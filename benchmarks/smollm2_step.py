@@ -19,8 +19,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import discriminator  # noqa: E402
 import ifeval  # noqa: E402
-import policy as policy_lib  # noqa: E402
-import real_models  # noqa: E402
+import policies  # noqa: E402
+import train  # noqa: E402
+from rollout import decode_responses, encode_prompts, generate, response_logprobs  # noqa: E402
 from normalize import group_advantages, token_advantages  # noqa: E402
 from rewards import response_reward, token_rewards  # noqa: E402
 from rtt_grpo import combine_advantages, policy_loss  # noqa: E402
@@ -34,8 +35,8 @@ def main() -> dict:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--json", default="")
     args = parser.parse_args()
-    settings = real_models.PRESET_SETTINGS["smollm2"]
-    model, tokenizer = real_models.load_policy("smollm2", "cpu")
+    settings = train.PRESETS["smollm2"]
+    model, tokenizer = policies.load_policy("smollm2", "cpu")
     judge = ifeval.IFEvalJudge()
     prompts_all = ifeval.load_prompts(limit=args.prompts_per_step * args.steps)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings["lr"], weight_decay=0.0)
@@ -43,28 +44,28 @@ def main() -> dict:
     for step in range(args.steps):
         prompts = prompts_all[step * args.prompts_per_step:(step + 1) * args.prompts_per_step]
         times, tic = {}, time.perf_counter()
-        prompt_ids = policy_lib.encode_prompts(tokenizer, prompts)
+        prompt_ids = encode_prompts(tokenizer, prompts)
         model.eval()
-        response_ids, token_mask = real_models.generate_chunked(
+        response_ids, token_mask = generate(
             model, tokenizer, prompt_ids, args.group_size, args.max_new_tokens, settings["max_batch_tokens"],
             temperature=settings["temperature"], top_p=settings["top_p"], top_k=settings["top_k"],
             generator=torch.Generator().manual_seed(step))                            # (B, G, T)
         times["generate"], tic = time.perf_counter() - tic, time.perf_counter()
-        texts = policy_lib.decode_responses(tokenizer, response_ids, token_mask)
+        texts = decode_responses(tokenizer, response_ids, token_mask)
         rubric_scores, rubric_mask = judge(prompts, texts)                            # (B, G, K), (B, K)
         times["judge"], tic = time.perf_counter() - tic, time.perf_counter()
         relevance = discriminator.uniform_relevance(prompts, response_ids, token_mask)  # (B, G, K, T)
         resp_reward = response_reward(rubric_scores, rubric_mask)                     # (B, G)
         tok_adv = token_advantages("intra", token_rewards(rubric_scores, relevance), token_mask, rubric_mask,
                                    rubric_scores)                                     # (B, G, T)
-        advantages = combine_advantages(group_advantages(resp_reward), tok_adv, settings["lam"])  # (B, G, T)
+        advantages = combine_advantages(group_advantages(resp_reward), tok_adv, 0.5)  # (B, G, T)
         times["advantages"], tic = time.perf_counter() - tic, time.perf_counter()
         flat_prompts = [ids for ids in prompt_ids for _ in range(args.group_size)]
         flat_ids, flat_mask = response_ids.flatten(0, 1), token_mask.flatten(0, 1)     # (N, T)
         model.train()
         with torch.no_grad():
-            old_logp = policy_lib.response_logprobs(model, flat_prompts, flat_ids, flat_mask, tokenizer)
-        logp = policy_lib.response_logprobs(model, flat_prompts, flat_ids, flat_mask, tokenizer)  # (N, T)
+            old_logp = response_logprobs(model, flat_prompts, flat_ids, flat_mask, tokenizer)
+        logp = response_logprobs(model, flat_prompts, flat_ids, flat_mask, tokenizer)  # (N, T)
         loss, _ = policy_loss(logp, old_logp, advantages.flatten(0, 1), flat_mask)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

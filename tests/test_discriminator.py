@@ -1,6 +1,6 @@
-"""discriminator.py: batched relevance against a one-pair-at-a-time loop, labels, parsing, metrics, training."""
+"""discriminator.py: batched relevance against a one-pair-at-a-time loop, diff labels, metrics, training."""
 
-import json
+
 import random
 
 import pytest
@@ -8,13 +8,13 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import AutoModelForTokenClassification, PreTrainedTokenizerFast, Qwen2Config
 
-import data
 import discriminator as disc
+import rubric_world
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return data.build_tokenizer()
+    return rubric_world.build_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def models_by_backbone(tokenizer):
 @pytest.fixture(scope="module")
 def batch(tokenizer):
     """B = 2 prompts with 3 and 2 rubrics, G = 3 ragged responses (one empty), T = 7."""
-    prompts = [data.make_prompt(random.Random(s), f"p{s}") for s in range(40)]
+    prompts = [rubric_world.make_prompt(random.Random(s), f"p{s}") for s in range(40)]
     prompts = [p for p in prompts if p is not None]
     prompts = [next(p for p in prompts if len(p["rubrics"]) == 3), next(p for p in prompts if len(p["rubrics"]) == 4)]
     prompts[1] = dict(prompts[1], rubrics=prompts[1]["rubrics"][:2])
@@ -129,100 +129,6 @@ def bpe_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", eos_token="<eos>")
 
 
-def test_span_labels_follow_character_offsets_on_a_bpe_tokenizer():
-    tok = bpe_tokenizer()
-    text = "the boats sail into a storm"
-    ids, offsets = disc.text_token_spans(tok, text)
-    assert len(ids) > len(text.split())                                          # sub-word pieces
-    start = text.index("boats")
-    example = disc.span_example(tok, "Mention boats.", text, [[start, start + len("boats")]], type="include")
-    assert example["response_ids"] == ids + [tok.eos_token_id] and example["labels"][-1] == 0.0
-    relevant = "".join(text[s:e] for (s, e), y in zip(offsets, example["labels"]) if y == 1.0)
-    assert relevant == "boats"
-    tail = disc.span_example(tok, "End with storm.", text, [[len(text) - 2, len(text)]], add_eos=False)
-    assert tail["labels"] == [float(end > len(text) - 2) for _, end in offsets]   # a span cut inside a piece
-    with pytest.raises(ValueError, match="bad span"):
-        disc.span_example(tok, "x", text, [[5, 3]])
-
-
-def test_span_jsonl_reports_the_bad_line(tmp_path):
-    tok = bpe_tokenizer()
-    path = tmp_path / "spans.jsonl"
-    path.write_text(json.dumps({"rubric": "Mention boats.", "response": "the boats", "spans": [[4, 9]]}) + "\n"
-                    + json.dumps({"rubric": "Mention boats.", "response": "the boats"}) + "\n")
-    with pytest.raises(ValueError, match=r"spans.jsonl:2: KeyError"):
-        disc.load_span_jsonl(str(path), tok)
-    path.write_text(json.dumps({"rubric": "Mention boats.", "response": "the boats", "spans": [[4, 9]]}) + "\n")
-    (example,) = disc.load_span_jsonl(str(path), tok)
-    assert sum(example["labels"]) >= 1 and example["labels"][0] == 0.0
-
-
-def test_greedy_parsing_counts_and_drops_malformed_answers_and_missing_quotes(tokenizer):
-    response = "boat with Anna ; boat"
-    assert disc.parse_greedy_answer('{"relevance": "all"}', response) == ([(0, len(response))], 0)
-    assert disc.parse_greedy_answer('{"relevance": "none"}', response) == ([], 0)
-    spans, missing = disc.parse_greedy_answer('{"relevance": "partial", "segments": ["boat", "whale"]}', response)
-    assert spans == [(0, 4), (17, 21)] and missing == 1                           # every occurrence; whale dropped
-    answers = ['{"relevance": "partial", "segments": ["Anna", "moon"]}', "sure! the word boat", '{"relevance": "maybe"}']
-    labels, stats = disc.greedy_labels(answers, [response] * 3, tokenizer)
-    assert labels == [[0.0, 0.0, 1.0, 0.0, 0.0], None, None]
-    assert stats == {"answers": 3, "malformed": 2, "quotes_not_found": 1}
-
-
-def test_llm_quotes_asks_one_question_per_pair_with_rubric_and_response():
-    asked = []
-
-    def fake_generate(prompts):
-        asked.extend(prompts)
-        return ['{"relevance": "none"}'] * len(prompts)
-
-    answers = disc.llm_quotes(fake_generate, ["Start with 'boat'.", "Avoid 'fish'."], ["boat and sea", "the fish"])
-    assert answers == ['{"relevance": "none"}'] * 2 and len(asked) == 2
-    assert "Start with 'boat'." in asked[0] and "boat and sea" in asked[0]
-    assert "Avoid 'fish'." in asked[1] and "the fish" in asked[1]
-
-
-def test_rubric_world_greedy_quoter_points_at_named_words(tokenizer):
-    rubric = data.make_rubric("include", word="boat")
-    example = disc.make_example(rubric["description"], tokenizer.convert_tokens_to_ids(["a", "boat", "boat"]) + [2],
-                                [0, 1, 1, 0], type="include", side="positive", violated=False,
-                                words=["a", "boat", "boat"], rubric=rubric, identifiable=True)
-    (scores,), stats = disc.greedy_predictions([example], tokenizer)
-    assert scores.tolist() == [0.0, 1.0, 1.0, 0.0] and stats["malformed"] == 0
-    assert json.loads(disc.rubric_world_quote(data.make_rubric("length", lo=2, hi=4), ["a"])) == {"relevance": "all"}
-    assert json.loads(disc.rubric_world_quote(rubric, ["a"])) == {"relevance": "none"}
-
-
-def test_llm_editor_keeps_only_edits_that_flip_the_target_verdict(tokenizer):
-    rubric = data.make_rubric("starts_with", word="boat")
-    other = data.make_rubric("include", word="fish")
-    judge = lambda r, text: data.passes(r, text.split())                          # noqa: E731
-    positive = "boat with fish"
-    answers = iter(['{"modified": "the with fish"}',                              # flips: kept
-                    '{"modified": "boat and fish"}',                              # still passes: rejected
-                    '{"modified": "the with moon"}',                              # breaks `other` too: rejected
-                    'here you go: "the with fish"',                               # not the JSON object
-                    '{"modified": "boat with fish"}'])                            # unchanged
-    fake_generate = lambda prompts: [next(answers) for _ in prompts]              # noqa: E731
-    items = [(rubric, positive, [other])] * 5
-    examples, stats = disc.llm_minimal_pairs(fake_generate, judge, items, tokenizer)
-    assert stats == {"asked": 5, "malformed": 1, "unchanged": 1, "not_flipped": 1, "side_effects": 1, "kept": 1}
-    assert [e["side"] for e in examples] == ["positive", "negative"]
-    assert examples[0]["labels"] == [1.0, 0.0, 0.0, 0.0] and examples[1]["labels"] == [1.0, 0.0, 0.0, 0.0]
-    assert examples[1]["response_ids"][-1] == tokenizer.eos_token_id
-
-
-def test_hf_generate_fn_runs_a_local_causal_lm(tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-    torch.manual_seed(0)
-    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
-                                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
-                                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id))
-    generate = disc.hf_generate_fn(lm, tokenizer, max_new_tokens=4)
-    first = generate(["boat with fish", "a storm"])
-    assert len(first) == 2 and all(isinstance(c, str) for c in first) and first == generate(["boat with fish", "a storm"])
-
-
 def test_auroc_equals_a_pairwise_count():
     g = torch.Generator().manual_seed(0)
     for _ in range(5):
@@ -259,10 +165,10 @@ def test_bce_ignores_everything_but_response_tokens():
 
 
 def test_training_on_a_tiny_set_decreases_the_loss(tokenizer):
-    prompts = data.make_splits(seed=0, n_train=6, n_val=1, n_test=1, n_unseen=1)["train"]
-    examples = disc.rubric_world_examples(prompts, tokenizer)
+    prompts = rubric_world.make_splits(seed=0, n_train=6, n_val=1, n_test=1, n_unseen=1)["train"]
+    examples = rubric_world.rubric_world_examples(prompts, tokenizer)
     model = disc.build_toy_discriminator(tokenizer, hidden=32, layers=1, heads=2)
-    losses = disc.train_discriminator(model, tokenizer, examples, steps=40, batch_size=16, progress=False)
+    losses = disc.train_discriminator(model, tokenizer, examples, steps=40, batch_size=16)
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
 
 
@@ -275,8 +181,6 @@ def test_examples_reject_bad_labels():
         disc.make_example("", [4], [1.0])
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         disc.make_example("Start with boat.", [4], [2.0])
-    with pytest.raises(ValueError, match="empty response text"):
-        disc.text_token_spans(bpe_tokenizer(), "  ")
 
 
 def test_save_load_round_trip_and_tokenizer_mismatch(models_by_backbone, tokenizer, batch, tmp_path):
@@ -297,9 +201,9 @@ def test_a_transformers_causal_lm_backbone_end_to_end(tokenizer, batch, tmp_path
                          num_attention_heads=2, num_key_value_heads=1, num_labels=1,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     model = AutoModelForTokenClassification.from_config(config)
-    prompts = data.make_splits(seed=0, n_train=4, n_val=1, n_test=1, n_unseen=1)["train"]
-    losses = disc.train_discriminator(model, tokenizer, disc.rubric_world_examples(prompts, tokenizer), steps=5,
-                                      batch_size=8, progress=False)
+    prompts = rubric_world.make_splits(seed=0, n_train=4, n_val=1, n_test=1, n_unseen=1)["train"]
+    losses = disc.train_discriminator(model, tokenizer, rubric_world.rubric_world_examples(prompts, tokenizer), steps=5,
+                                      batch_size=8)
     assert all(l == l for l in losses)
     disc.save_discriminator(model, tokenizer, str(tmp_path / "qwen"))
     loaded, _ = disc.load_discriminator(str(tmp_path / "qwen"), policy_tokenizer=tokenizer)
@@ -308,16 +212,3 @@ def test_a_transformers_causal_lm_backbone_end_to_end(tokenizer, batch, tmp_path
     torch.testing.assert_close(weights, slow_relevance(loaded, tokenizer, *batch), atol=2e-6, rtol=1e-5)
 
 
-def test_load_or_train_caches_by_settings(tmp_path, monkeypatch, capsys):
-    small = data.make_splits(seed=0, n_train=8, n_val=1, n_test=1, n_unseen=1)
-    monkeypatch.setattr(data, "make_splits", lambda seed=0: small)
-    settings = {"hidden": 16, "layers": 1, "heads": 2, "steps": 3, "batch_size": 4}
-    model, tok = disc.load_or_train_toy_discriminator(cache_dir=str(tmp_path / "d"), settings=settings)
-    assert "toy discriminator" in capsys.readouterr().out
-    again, _ = disc.load_or_train_toy_discriminator(cache_dir=str(tmp_path / "d"), settings=settings)
-    assert capsys.readouterr().out == ""                                         # loaded, not retrained
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
-    disc.load_or_train_toy_discriminator(cache_dir=str(tmp_path / "d"), settings={**settings, "steps": 4})
-    assert "toy discriminator" in capsys.readouterr().out                        # other settings: retrained
-    with pytest.raises(ValueError, match="unknown discriminator settings"):
-        disc.load_or_train_toy_discriminator(cache_dir=str(tmp_path / "d"), settings={"step": 3})

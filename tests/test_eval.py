@@ -6,14 +6,15 @@ import statistics
 import pytest
 import torch
 
-import data
 import eval as evaluation
-import policy
-import real_models
-from data import make_rubric
+import files
+import policies
+import rubric_world
 from rewards import RuleJudge
+from rubric_world import make_rubric
+from tiny_models import build_tiny_chat_model
 
-JUDGE = RuleJudge(data.CHECKERS)
+JUDGE = RuleJudge(rubric_world.CHECKERS)
 PROMPTS = [
     {"id": "p0", "prompt": "Write about the sea.", "rubrics": [make_rubric("starts_with", word="boat"),
                                                              make_rubric("exclude", word="fish")]},
@@ -81,7 +82,7 @@ def test_read_jsonl_names_the_bad_line(tmp_path):
     path = tmp_path / "answers.jsonl"
     path.write_text('{"id": "p0", "response": "boat"}\n\n{"id": "p1", "response": \n')
     with pytest.raises(ValueError, match=r"answers.jsonl:3: not valid JSON"):
-        evaluation.read_jsonl(str(path))
+        files.read_jsonl(str(path))
 
 
 # ----------------------------------------------------------------------------- evaluate with a policy
@@ -103,15 +104,15 @@ class RecordingJudge:
 
 @pytest.fixture(scope="module")
 def tiny_policy():
-    tokenizer = data.build_tokenizer()
-    return policy.build_toy_policy(tokenizer, seed=1).eval(), tokenizer
+    tokenizer = rubric_world.build_tokenizer()
+    return policies.build_toy_policy(tokenizer, seed=1).eval(), tokenizer
 
 
 def test_evaluate_counts_every_response_once_and_matches_a_hand_count(tiny_policy):
     model, tokenizer = tiny_policy
-    prompts = data.make_splits(seed=0, n_train=2, n_val=2, n_test=5, n_unseen=1)["test"]
+    prompts = rubric_world.make_splits(seed=0, n_train=2, n_val=2, n_test=5, n_unseen=1)["test"]
     judge = RecordingJudge()
-    result = evaluation.evaluate(model, tokenizer, prompts, judge, n_samples=3, max_new_tokens=5, batch_size=2)
+    result = evaluation.evaluate(model, tokenizer, prompts, judge, n_samples=3, max_new_tokens=5, max_batch_tokens=80)
     assert len(judge.seen) == 5 * 1 + 5 * 3                                      # greedy: 1 per prompt; sampled: 3
     assert result["n_prompts"] == 5
     assert result["greedy"]["n_responses"] == 5 and result["sampled"]["n_responses"] == 15
@@ -133,8 +134,8 @@ def test_evaluate_counts_every_response_once_and_matches_a_hand_count(tiny_polic
 
 def test_evaluate_is_deterministic_for_a_seed_and_leaves_train_mode_alone(tiny_policy):
     model, tokenizer = tiny_policy
-    prompts = data.make_splits(seed=1, n_train=2, n_val=2, n_test=6, n_unseen=1)["test"]
-    judge = RuleJudge(data.CHECKERS)
+    prompts = rubric_world.make_splits(seed=1, n_train=2, n_val=2, n_test=6, n_unseen=1)["test"]
+    judge = RuleJudge(rubric_world.CHECKERS)
     model.train()
     first = evaluation.evaluate(model, tokenizer, prompts, judge, n_samples=2, max_new_tokens=8, seed=5)
     assert model.training
@@ -149,31 +150,35 @@ def test_evaluate_is_deterministic_for_a_seed_and_leaves_train_mode_alone(tiny_p
 # ----------------------------------------------------------------------------- checkpoints and the CLI
 def test_checkpoint_loading_from_a_train_checkpoint_and_clear_errors(tmp_path, tiny_policy):
     model, tokenizer = tiny_policy
-    policy.save_policy(model, tokenizer, str(tmp_path / "start"))
+    policies.save_policy(model, tokenizer, str(tmp_path / "start"))
     trained = {k: v + 0.5 for k, v in model.state_dict().items()}
-    torch.save({"policy": trained, "config": {"policy": str(tmp_path / "start")}}, tmp_path / "ckpt.pt")
-    loaded, _ = evaluation.load_checkpoint_policy(str(tmp_path / "ckpt.pt"))
+    torch.save({"policy": trained, "step": 1, "config": {"policy": str(tmp_path / "start")}}, tmp_path / "ckpt.pt")
+    loaded, _, config = policies.load_checkpoint_policy(str(tmp_path / "ckpt.pt"))
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in trained.items())
+    assert config == {"policy": str(tmp_path / "start")}
     (tmp_path / "junk.pt").write_text("not a checkpoint")
-    with pytest.raises(SystemExit, match="cannot read checkpoint"):
-        evaluation.load_checkpoint_policy(str(tmp_path / "junk.pt"))
-    torch.save({"policy": {"lm_head.weight": torch.zeros(2, 2)}, "config": {"policy": str(tmp_path / "start")}},
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        policies.load_checkpoint_policy(str(tmp_path / "junk.pt"))
+    torch.save({"policy": {"lm_head.weight": torch.zeros(2, 2)}, "step": 1, "config": {"policy": str(tmp_path / "start")}},
                tmp_path / "other.pt")
-    with pytest.raises(SystemExit, match="does not fit its policy"):
-        evaluation.load_checkpoint_policy(str(tmp_path / "other.pt"))
-    with pytest.raises(SystemExit, match="cannot load a policy"):
-        evaluation.load_checkpoint_policy(str(tmp_path))                         # a dir without a policy
+    with pytest.raises(ValueError, match="does not fit its policy"):
+        policies.load_checkpoint_policy(str(tmp_path / "other.pt"))
+    torch.save({"policy": {}, "step": 1, "config": {"policy": str(tmp_path)}}, tmp_path / "nopolicy.pt")
+    with pytest.raises(ValueError, match="cannot load a policy"):
+        policies.load_checkpoint_policy(str(tmp_path / "nopolicy.pt"))           # a dir without a policy
+    with pytest.raises(SystemExit, match="cannot evaluate: cannot read checkpoint"):
+        evaluation.main(["--checkpoint", str(tmp_path / "junk.pt")])
 
 
 def test_cli_scores_a_responses_file_and_writes_json(tmp_path):
-    prompts = data.make_splits(seed=0)["val"][:2]
-    rows = [{"id": p["id"], "response": " ".join(data.satisfying_response(p, __import__("random").Random(0)))}
+    prompts = rubric_world.make_splits(seed=0)["val"][:2]
+    rows = [{"id": p["id"], "response": " ".join(rubric_world.satisfying_response(p, __import__("random").Random(0)))}
             for p in prompts] + [{"id": prompts[0]["id"], "response": ""}]
     (tmp_path / "answers.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out" / "scores.json"
     evaluation.main(["--responses", str(tmp_path / "answers.jsonl"), "--split", "val", "--json", str(out)])
     written = json.loads(out.read_text())
-    assert written["n_prompts"] == 2 and written["n_responses"] == 3 and written["split"] == "val"
+    assert written["n_prompts"] == 2 and written["rule"]["responses"]["n_responses"] == 3 and written["split"] == "val"
     assert written["instruction_accuracy"] == pytest.approx(2 / 3)               # the empty answer fails all
     assert not list(out.parent.glob("*.tmp*"))
     with pytest.raises(SystemExit, match="unknown split"):
@@ -182,23 +187,23 @@ def test_cli_scores_a_responses_file_and_writes_json(tmp_path):
 
 def test_cli_evaluates_a_saved_policy(tmp_path, tiny_policy):
     model, tokenizer = tiny_policy
-    policy.save_policy(model, tokenizer, str(tmp_path / "policy"))
+    policies.save_policy(model, tokenizer, str(tmp_path / "policy"))
     out = tmp_path / "eval.json"
-    evaluation.main(["--checkpoint", str(tmp_path / "policy"), "--split", "val", "--samples", "1",
+    evaluation.main(["--policy", str(tmp_path / "policy"), "--split", "val", "--samples", "1",
                      "--max_new_tokens", "3", "--json", str(out)])
     written = json.loads(out.read_text())
     for mode in ("greedy", "sampled"):
-        assert written[mode]["n_responses"] == written["n_prompts"] == 128
-        assert {"instruction_accuracy", "rubric_accuracy", "per_type"} <= set(written[mode])
+        assert written["rule"][mode]["n_responses"] == written["n_prompts"] == 128
+        assert {"instruction_accuracy", "rubric_accuracy", "per_type"} <= set(written["rule"][mode])
 
 
 def test_checkpoint_of_a_real_policy_is_reloaded_with_its_own_family(tmp_path):
     """A train.py ckpt.pt of a non-toy policy comes back as that model class (here Qwen2), with its weights."""
-    model, tokenizer = real_models.build_tiny_chat_model("qwen2", seed=1)
+    model, tokenizer = build_tiny_chat_model("qwen2", seed=1)
     model.save_pretrained(tmp_path / "qwen")
     tokenizer.save_pretrained(tmp_path / "qwen")
     state = {name: value + 0.01 for name, value in model.state_dict().items()}  # "trained" weights
-    torch.save({"policy": state, "config": {"policy": str(tmp_path / "qwen")}}, tmp_path / "ckpt.pt")
-    loaded, loaded_tokenizer = evaluation.load_checkpoint_policy(str(tmp_path / "ckpt.pt"))
+    torch.save({"policy": state, "step": 1, "config": {"policy": str(tmp_path / "qwen")}}, tmp_path / "ckpt.pt")
+    loaded, loaded_tokenizer, _ = policies.load_checkpoint_policy(str(tmp_path / "ckpt.pt"))
     assert type(loaded).__name__ == "Qwen2ForCausalLM" and loaded_tokenizer.eos_token == "<|im_end|>"
     assert all(torch.equal(loaded.state_dict()[name], value) for name, value in state.items())

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+import eval as evaluation
 import ifeval
 
 END = "Is there anything else I can help with?"
@@ -84,22 +85,27 @@ def test_instruction_and_rubric_level_accuracy_strict_and_loose(tmp_path):
     responses = [["Sure:\nall lower, here\nthanks, bye"], [f"ok. **{END}**"]]
     # strict: a passes 0/2 rubrics, b fails -> 0 of 2 prompts, 0 of 3 rubrics
     # loose:  a passes lowercase only (comma stays), b passes -> 1 of 2 prompts, 2 of 3 rubrics
-    result = ifeval.score(prompts, responses)
-    assert ifeval.headline(result) == {"instruction_accuracy_strict": 0.0, "rubric_accuracy_strict": 0.0,
-                                       "instruction_accuracy_loose": 0.5, "rubric_accuracy_loose": pytest.approx(2 / 3)}
+    judges = {"strict": ifeval.IFEvalJudge(), "loose": ifeval.IFEvalJudge(loose=True)}
+    result = {mode: evaluation.accuracy_report(prompts, responses, judge) for mode, judge in judges.items()}
+    headline = {f"{level}_accuracy_{mode}": result[mode][f"{level}_accuracy"]
+                for mode in ("strict", "loose") for level in ("instruction", "rubric")}
+    assert headline == {"instruction_accuracy_strict": 0.0, "rubric_accuracy_strict": 0.0,
+                        "instruction_accuracy_loose": 0.5, "rubric_accuracy_loose": pytest.approx(2 / 3)}
     rows = [{"prompt": p["prompt"], "response": r[0]} for p, r in zip(prompts, responses)]
-    assert ifeval.headline(ifeval.score_rows(prompts, rows)) == ifeval.headline(result)
+    assert {mode: evaluation.score_responses(prompts, rows, judge)["instruction_accuracy"]
+            for mode, judge in judges.items()} == {"strict": 0.0, "loose": 0.5}
     data_path, responses_path, out_path = tmp_path / "ifeval.jsonl", tmp_path / "answers.jsonl", tmp_path / "out.json"
     data_path.write_text("".join(json.dumps({"key": p["id"], "prompt": p["prompt"],
                                              "instruction_id_list": [r["type"] for r in p["rubrics"]],
                                              "kwargs": [r["args"] for r in p["rubrics"]]}) + "\n" for p in prompts))
     responses_path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    ifeval.main(["--responses", str(responses_path), "--data", str(data_path), "--json", str(out_path)])
+    evaluation.main(["--data", "ifeval", "--data_file", str(data_path), "--split", "all", "--responses",
+                     str(responses_path), "--json", str(out_path)])
     saved = json.loads(out_path.read_text())
-    assert saved["n_prompts"] == 2 and saved["instruction_accuracy_loose"] == 0.5
-    assert saved["strict"]["per_type"]["startend:end_checker"] == 0.0
+    assert saved["n_prompts"] == 2 and saved["loose"]["responses"]["instruction_accuracy"] == 0.5
+    assert saved["strict"]["responses"]["per_type"]["startend:end_checker"] == 0.0
 
 
-def test_cli_needs_exactly_one_source():
-    with pytest.raises(SystemExit, match="exactly one"):
-        ifeval.main(["--limit", "1"])
+def test_cli_needs_one_source():
+    with pytest.raises(SystemExit, match="not both"):
+        evaluation.main(["--checkpoint", "x.pt", "--responses", "y.jsonl"])

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-import real_models
+from tiny_models import build_tiny_chat_model
 from rewards import HybridJudge, LLMJudge, parse_verdict
 
 PROMPTS = [{"id": "p0", "prompt": "Write about the sea.",
@@ -70,7 +70,7 @@ def test_hybrid_judge_uses_checkers_where_they_exist_and_the_llm_elsewhere():
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_llm_judge_with_a_tiny_random_model_gives_plus_minus_one_and_logs_every_answer(family):
-    model, tokenizer = real_models.build_tiny_chat_model(family, seed=5)
+    model, tokenizer = build_tiny_chat_model(family, seed=5)
     judge = LLMJudge(model, tokenizer, batch_size=3, max_new_tokens=3)
     scores, rubric_mask = judge(PROMPTS, [["boat at sea", "sea"], ["hi", "hello"]])
     valid = rubric_mask[:, None, :].expand_as(scores)

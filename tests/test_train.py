@@ -7,13 +7,19 @@ import os
 import pytest
 import torch
 
-import discriminator
-import eval as evaluation
-import policy
-import real_models
-import train
-from rtt_grpo import policy_loss
 from transformers import LlamaConfig, LlamaForTokenClassification
+
+import build_discriminator
+import discriminator
+import policies
+import rollout
+import run_files
+import tasks
+import train
+from normalize import group_advantages, token_advantages
+from rewards import response_reward, token_rewards
+from rtt_grpo import combine_advantages, policy_loss
+from tiny_models import build_tiny_chat_model
 
 TINY = ["--relevance_threshold", "0", "--prompts_per_step", "2", "--group_size", "3", "--max_new_tokens", "12", "--eval_prompts", "3",
         "--eval_samples", "2", "--eval_every", "0", "--sample_every", "1", "--ckpt_every", "1"]
@@ -23,8 +29,8 @@ TINY = ["--relevance_threshold", "0", "--prompts_per_step", "2", "--group_size",
 def tiny_cache(tmp_path_factory, monkeypatch):
     """Warm-start policy and discriminator built in seconds into a private cache (never the user's)."""
     monkeypatch.setenv("RTT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-    monkeypatch.setitem(policy.WARM_START, "steps", 20)
-    monkeypatch.setitem(discriminator.TOY_SETTINGS, "steps", 20)
+    monkeypatch.setitem(policies.WARM_START, "steps", 20)
+    monkeypatch.setitem(build_discriminator.TOY_SETTINGS, "steps", 20)
 
 
 def read_steps(path):
@@ -73,10 +79,16 @@ def test_bad_config_values_are_refused():
         train.parse_config(["--lam", "-1"])
 
 
-def test_out_dir_of_another_run_is_refused(tmp_path):
-    (tmp_path / "metrics.jsonl").write_text('{"step": 0}\n')
-    with pytest.raises(SystemExit, match="holds another run"):
-        train.main(["--out_dir", str(tmp_path), *TINY])
+def test_an_earlier_run_in_out_dir_is_moved_aside_not_mixed_in(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 0}\n')
+    train.main(["--out_dir", str(out), "--max_steps", "1", "--final_eval", "false", *TINY])
+    archived = [p for p in tmp_path.iterdir() if p.name.startswith("run-")]
+    assert len(archived) == 1 and (archived[0] / "metrics.jsonl").read_text() == '{"step": 0}\n'
+    assert read_steps(out / "metrics.jsonl") == [0]                              # the new run alone
+    train.main(["--out_dir", str(out), "--max_steps", "1", "--final_eval", "false", "--overwrite", "true", *TINY])
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith("run-")]) == 1   # --overwrite: deleted
 
 
 def test_checkpoint_of_another_config_or_unreadable_is_refused(tmp_path):
@@ -84,26 +96,26 @@ def test_checkpoint_of_another_config_or_unreadable_is_refused(tmp_path):
     path = str(tmp_path / "ckpt.pt")
     torch.save({"policy": {}, "optimizer": {}, "step": 1, "config": {**vars(cfg), "lam": 1.0}}, path)
     with pytest.raises(SystemExit, match="another config.*lam"):
-        train.load_checkpoint(path, cfg)
+        run_files.load_checkpoint(path, vars(cfg), train.RUN_DEFINING)
     (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(SystemExit, match="cannot read checkpoint"):
-        train.load_checkpoint(str(tmp_path / "broken.pt"), cfg)
+        run_files.load_checkpoint(str(tmp_path / "broken.pt"), vars(cfg), train.RUN_DEFINING)
 
 
 def test_prompt_batches_are_a_permutation_per_epoch():
     prompts = [{"id": str(i)} for i in range(10)]
-    seen = [p["id"] for step in range(5) for p in train.prompt_batch(prompts, step, 2, seed=3)]
+    seen = [p["id"] for step in range(5) for p in tasks.prompt_batch(prompts, step, 2, seed=3)]
     assert sorted(seen) == sorted(p["id"] for p in prompts)
-    assert train.prompt_batch(prompts, 7, 2, seed=3) == train.prompt_batch(prompts, 7, 2, seed=3)
+    assert tasks.prompt_batch(prompts, 7, 2, seed=3) == tasks.prompt_batch(prompts, 7, 2, seed=3)
 
 
 @pytest.mark.parametrize("loss_agg", ["seq-mean-token-mean", "token-mean"])
 def test_weighted_micro_batches_give_the_full_batch_gradient(loss_agg):
     """train.py's gradient accumulation: pieces weighted by loss_weights sum to the one-batch loss and gradient."""
-    model, tokenizer = real_models.build_tiny_chat_model("llama", seed=4)
-    prompt_ids = policy.encode_prompts(tokenizer, [{"prompt": "Write about the sea."}, {"prompt": "Hi."}])
-    response_ids, token_mask = policy.generate(model, tokenizer, prompt_ids, 3, 7,
-                                               generator=torch.Generator().manual_seed(2))   # (B, G, T)
+    model, tokenizer = build_tiny_chat_model("llama", seed=4)
+    prompt_ids = rollout.encode_prompts(tokenizer, [{"prompt": "Write about the sea."}, {"prompt": "Hi."}])
+    response_ids, token_mask = rollout.generate(model, tokenizer, prompt_ids, 3, 7,
+                                                generator=torch.Generator().manual_seed(2))  # (B, G, T)
     flat_prompts = [ids for ids in prompt_ids for _ in range(3)]
     flat_ids, flat_mask = response_ids.flatten(0, 1), token_mask.flatten(0, 1)          # (N, T)
     advantages = torch.randn(flat_ids.shape, generator=torch.Generator().manual_seed(0))  # (N, T)
@@ -112,14 +124,14 @@ def test_weighted_micro_batches_give_the_full_batch_gradient(loss_agg):
         model.zero_grad(set_to_none=True)
         total = 0.0
         for rows, weight in zip(pieces, train.loss_weights(pieces, flat_mask, loss_agg)):
-            logp = policy.response_logprobs(model, flat_prompts[rows], flat_ids[rows], flat_mask[rows], tokenizer)
+            logp = rollout.response_logprobs(model, flat_prompts[rows], flat_ids[rows], flat_mask[rows], tokenizer)
             loss, _ = policy_loss(logp, logp.detach(), advantages[rows], flat_mask[rows], agg=loss_agg)
             (loss * weight).backward()
             total += loss.item() * weight
         return total, torch.cat([p.grad.flatten() for p in model.parameters()])
 
     full_loss, full_grad = gradient([slice(0, len(flat_prompts))])
-    pieces = real_models.microbatches(len(flat_prompts), row_tokens=20, max_batch_tokens=40)
+    pieces = rollout.microbatches(len(flat_prompts), row_tokens=20, max_batch_tokens=40)
     assert len(pieces) == 3
     piece_loss, piece_grad = gradient(pieces)
     assert piece_loss == pytest.approx(full_loss, abs=1e-6)
@@ -130,11 +142,11 @@ def test_paper_preset_on_a_tiny_llama_with_hybrid_judge_discriminator_and_micro_
     """The real-model path of train.py end to end: a hub-style policy directory, a JSONL rubric dataset, the hybrid
     judge (rule checkers + an LLM judge), a saved discriminator sharing the policy's tokenizer, chunked rollouts
     and micro-batched updates, in float32 on the CPU."""
-    model, tokenizer = real_models.build_tiny_chat_model("llama", seed=5)
+    model, tokenizer = build_tiny_chat_model("llama", seed=5)
     policy_dir, disc_dir = str(tmp_path / "policy"), str(tmp_path / "disc")
     model.save_pretrained(policy_dir)
     tokenizer.save_pretrained(policy_dir)
-    _, chat_tokenizer = real_models.load_policy(policy_dir)                      # eos = end-of-turn, pad set
+    _, chat_tokenizer = policies.load_policy(policy_dir)                         # eos = end-of-turn, pad set
     torch.manual_seed(0)
     disc = LlamaForTokenClassification(LlamaConfig(
         vocab_size=len(chat_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -158,7 +170,7 @@ def test_paper_preset_on_a_tiny_llama_with_hybrid_judge_discriminator_and_micro_
     assert summary["start"]["n_prompts"] == 1 and "final_unseen_combos" not in summary
     assert torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)["step"] == 2
     # eval.py reloads the checkpoint as train.py loaded the policy: the trained weights, the chat end-of-turn eos
-    evaluated, eval_tokenizer = evaluation.load_checkpoint_policy(os.path.join(out, "ckpt.pt"))
+    evaluated, eval_tokenizer, _ = policies.load_checkpoint_policy(os.path.join(out, "ckpt.pt"))
     trained = torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)["policy"]
     assert all(torch.equal(evaluated.state_dict()[name], value) for name, value in trained.items())
     assert eval_tokenizer.eos_token == "<|eot_id|>" == chat_tokenizer.eos_token
@@ -177,7 +189,14 @@ def test_real_model_configs_missing_a_part_are_refused():
         train.parse_config(["smollm2", "--relevance", "oracle"])
 
 
-def test_rtt_advantages_leave_the_end_of_sequence_token_to_the_response_advantage():
+def advantages_of(cfg, scores, rubric_mask, relevance, token_term):
+    """Step 4 of train.train, line for line: R, Â, r = s·w, Ã over the token-term tokens, A."""
+    resp_adv = group_advantages(response_reward(scores, rubric_mask, cfg.reward), cfg.eps)          # (B, G)
+    tok_adv = token_advantages(cfg.norm, token_rewards(scores, relevance), token_term, rubric_mask, scores, cfg.eps)
+    return resp_adv, tok_adv, combine_advantages(resp_adv, tok_adv, cfg.lam, cfg.method)             # (B, G, T)
+
+
+def test_the_end_of_sequence_token_left_to_the_response_advantage():
     """eos_token_advantage False: A = Â exactly on the left-out token, the token term still sums to zero over
     the remaining tokens of each response, and uniform relevance on them still gives GRPO."""
     torch.manual_seed(0)
@@ -190,13 +209,13 @@ def test_rtt_advantages_leave_the_end_of_sequence_token_to_the_response_advantag
     content = token_mask & ~eos
     relevance = torch.rand(b, g, k, t) * token_mask[:, :, None, :]               # (B, G, K, T)
     cfg = train.parse_config(["--eos_token_advantage", "False"])
-    _, resp_adv, tok_adv, adv = train.rtt_advantages(cfg, scores, rubric_mask, relevance, content)
+    resp_adv, tok_adv, adv = advantages_of(cfg, scores, rubric_mask, relevance, content)
     assert torch.equal(tok_adv[eos], torch.zeros(int(eos.sum())))
     assert torch.equal(adv[eos], resp_adv[..., None].expand(b, g, t)[eos])
     torch.testing.assert_close(tok_adv.sum(-1), torch.zeros(b, g), atol=1e-5, rtol=0)
     assert tok_adv[content].abs().sum() > 0
-    _, _, _, with_eos = train.rtt_advantages(train.parse_config([]), scores, rubric_mask, relevance, token_mask)
+    _, _, with_eos = advantages_of(train.parse_config([]), scores, rubric_mask, relevance, token_mask)
     assert not torch.equal(with_eos[eos], adv[eos])
     uniform = content[:, :, None, :].expand(b, g, k, t).float()
-    _, _, _, grpo = train.rtt_advantages(cfg, scores, rubric_mask, uniform, content)
+    _, _, grpo = advantages_of(cfg, scores, rubric_mask, uniform, content)
     assert torch.equal(grpo, resp_adv[..., None].expand(b, g, t))

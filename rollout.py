@@ -1,130 +1,36 @@
 """
-policy.py — the policy π_θ: build or load it, encode prompts, sample G responses, score log π per token.
+rollout.py — a causal LM as a policy π_θ: encode prompts, sample G responses under a memory budget, score log π.
 
-Paper:    RTT §3 (GRPO rollouts and the PPO ratio need log π_θ(o_t | q, o_<t)); RTT_SPEC.md §3 steps 1 and 9.
-Input:    prompt dicts (data.py), a causal LM and its tokenizer
+Paper:    RTT §3 (GRPO rollouts; the PPO ratio needs log π_θ(o_t | q, o_<t)); RTT_SPEC.md §3 steps 1 and 9.
+Input:    prompt dicts {"prompt": str, ...}, any transformers causal LM and its tokenizer (policies.py loads them)
 Output:   response_ids (B, G, T) long, right-padded; token_mask (B, G, T) bool, True up to and including EOS;
-          per-token log-probabilities (N, T) or (B, G, T) float32, 0 on padding
-
-The toy policy.  A 2-layer Llama (hidden 128, 4 heads, tied embeddings) built from a config in code, so
-          nothing is downloaded. It is warm-started by supervised fine-tuning on an IMPERFECT teacher
-          (data.teacher_response breaks each rubric with probability 1 − p), which puts the start policy in
-          the paper's regime: most rubrics pass, few prompts pass completely (RTT_SPEC §8). The loss covers
-          response tokens only, EOS included, so the policy learns when to stop. The result is cached in
-          cache/toy/policy/ (or $RTT_CACHE/toy/policy/) and rebuilt when missing or when the recipe changes.
+          per-token log-probabilities (N, T) or (B, G, T) float32, 0 on padding; response texts
 
 Prompts.  encode_prompts() uses the tokenizer's chat template when it has one (real instruct models);
           the toy tokenizer has none, so a toy prompt is <bos> + prompt words + <sep>.
-
 Sampling. A KV-cached loop over the model's forward: prompts are left-padded (position ids count real
           tokens only), every sequence stops at its own EOS and is padded after it. Temperature, top-k and
           top-p as in HF generate; `generator` makes it reproducible. Special tokens other than EOS (pad,
           bos, unk, sep) are never sampled, and response_logprobs() scores tokens under that same
-          distribution (softmax over the allowed tokens at temperature 1), so log π is the sampler's own.
+          distribution (softmax over the allowed tokens), so log π is the sampler's own.
+Memory.   generate() splits the prompts so that one chunk holds at most `max_batch_tokens` sequence
+          positions (rows × (prompt + max_new_tokens)): the KV cache of a 4B model at G = 8 and 4096 new
+          tokens does not fit in one batch. microbatches() slices the N rows the same way for the log-prob
+          forward and backward (gradient accumulation).
 
-Deviations from the paper:
-  1. A 2-layer, 128-dim policy trained from scratch on the toy task instead of a pretrained instruct
-     model (Qwen3-4B / Qwen2.5-7B / Llama-3.2-3B), so RL runs on a CPU in minutes.
-
-Demo:     python policy.py     (loads or builds the warm-start policy, samples a few responses)
+Demo:     python policies.py    (the warm-start toy policy samples a few responses and scores them)
 """
 
-import json
 import math
-import os
-import random
-import shutil
-import time
 
 import torch
-import torch.nn.functional as F
-from tqdm import tqdm
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-import data
 
 # Dimension legend (identical in every file):
 #   B prompts in the batch        G responses per prompt (group)     N = B*G responses, flattened
 #   K rubrics per prompt          T response tokens, right-padded    V vocabulary size
 #   P prompt tokens, left-padded
 
-REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
-MAX_NEW_TOKENS = data.MAX_WORDS + 1          # the longest response a rubric accepts, plus EOS
-TOY_ARCH = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "num_key_value_heads": 4, "max_position_embeddings": 256, "tie_word_embeddings": True}
-# Copying rubric words from the prompt emerges between steps 500 and 700 (first-word accuracy 0.33 -> 0.73 on
-# 64 test prompts at lr 1e-3). These settings reach the paper's regime in 80-90 s on 2 threads: sampled test
-# accuracy rubric 0.561, instruction 0.122 (2000 steps at lr 1e-3 with p = 0.75: 0.608 / 0.177, in 176 s).
-WARM_START = {"steps": 1500, "batch_size": 32, "lr": 2e-3, "warmup": 100, "p_satisfy": data.TEACHER_P_SATISFY,
-              "seed": 0, "data_seed": 0}
-
-
-# ----------------------------------------------------------------------------- build / save / load
-def build_toy_policy(tokenizer, seed: int = 0) -> LlamaForCausalLM:
-    """A freshly initialised tiny Llama over the tokenizer's vocabulary (no download)."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **TOY_ARCH)
-    return LlamaForCausalLM(config)
-
-
-def default_cache_dir() -> str:
-    """cache/toy/policy under the repository root, or $RTT_CACHE/toy/policy when RTT_CACHE is set.
-
-    Its own folder: save_policy replaces the whole directory, and cache/toy also holds the discriminator.
-    """
-    return os.path.join(os.environ.get("RTT_CACHE") or os.path.join(REPO_ROOT, "cache"), "toy", "policy")
-
-
-def save_policy(model, tokenizer, directory: str, info: dict | None = None) -> None:
-    """save_pretrained for model and tokenizer, plus build_info.json; written to a temp dir, then renamed."""
-    tmp = f"{directory}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    with open(os.path.join(tmp, "build_info.json"), "w") as f:
-        json.dump(info or {}, f, indent=1)
-    shutil.rmtree(directory, ignore_errors=True)
-    os.makedirs(os.path.dirname(os.path.abspath(directory)), exist_ok=True)
-    os.replace(tmp, directory)
-
-
-def load_policy(directory: str, device: str = "cpu"):
-    """(model, tokenizer) from a save_pretrained directory; ValueError when it cannot be read."""
-    try:
-        model = LlamaForCausalLM.from_pretrained(directory).to(device)
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(directory)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"cannot load a policy from {directory!r}: {error}") from error
-    return model.eval(), tokenizer
-
-
-def load_or_build_toy_policy(cache_dir: str | None = None, device: str = "cpu", rebuild: bool = False,
-                             recipe: dict | None = None):
-    """The warm-started toy policy: loaded from the cache, or built (SFT on the teacher) and cached.
-
-    recipe overrides WARM_START entries (e.g. {"steps": 10} in tests); a cache built with another recipe
-    is rebuilt.
-    """
-    cache_dir = cache_dir or default_cache_dir()
-    wanted = {**WARM_START, **(recipe or {}), "arch": TOY_ARCH}
-    info_path = os.path.join(cache_dir, "build_info.json")
-    if not rebuild and os.path.exists(info_path):
-        with open(info_path) as f:
-            if json.load(f).get("recipe") == wanted:
-                return load_policy(cache_dir, device)
-    tokenizer = data.build_tokenizer()
-    model = build_toy_policy(tokenizer, seed=wanted["seed"])
-    prompts = data.make_splits(seed=wanted["data_seed"])["train"]
-    start = time.time()
-    final_loss = warm_start(model, tokenizer, prompts, **{k: wanted[k] for k in
-                                                          ("steps", "batch_size", "lr", "warmup", "p_satisfy", "seed")})
-    wall = time.time() - start
-    print(f"warm start: {wanted['steps']} steps, final loss {final_loss:.3f}, {wall:.1f} s, "
-          f"{torch.get_num_threads()} threads -> {cache_dir}")
-    save_policy(model, tokenizer, cache_dir, {"recipe": wanted, "final_loss": final_loss, "wall_s": wall,
-                                              "threads": torch.get_num_threads()})
-    return model.to(device).eval(), tokenizer
+UNLIMITED = 1 << 62                           # a memory budget that never splits a batch
 
 
 # ----------------------------------------------------------------------------- prompts and padding
@@ -190,20 +96,46 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, 
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)           # (N,)
 
 
+def prompts_per_chunk(prompt_lengths: list[int], group_size: int, max_new_tokens: int, max_batch_tokens: int) -> int:
+    """How many prompts (each with its G rows) fit in max_batch_tokens sequence positions; at least 1.
+
+    >>> prompts_per_chunk([10, 30, 20], group_size=4, max_new_tokens=70, max_batch_tokens=1000)
+    2
+    """
+    row_tokens = max(prompt_lengths) + max_new_tokens                             # left-padded width + T
+    return max(1, max_batch_tokens // (group_size * row_tokens))
+
+
 @torch.no_grad()
-def generate(model, tokenizer, prompt_ids: list[list[int]], group_size: int, max_new_tokens: int = MAX_NEW_TOKENS,
-             temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, greedy: bool = False,
-             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample G responses per prompt with a KV cache; each sequence stops at its own EOS.
+def generate(model, tokenizer, prompt_ids: list[list[int]], group_size: int, max_new_tokens: int,
+             max_batch_tokens: int = UNLIMITED, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+             greedy: bool = False, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample G responses per prompt, in chunks of prompts that fit `max_batch_tokens`; one T for all.
 
     Shapes:
         prompt_ids   B lists of token ids (from encode_prompts)
         returns      response_ids (B, G, T) long, pad after EOS;  token_mask (B, G, T) bool, True up to and
                      including EOS (all True for a response cut at max_new_tokens); T <= max_new_tokens
-    `generator` must live on the model's device.
+    `generator` must live on the model's device. With one generator the random stream is consumed chunk
+    after chunk, so a different budget gives different (equally valid) samples.
     """
-    if group_size < 1 or max_new_tokens < 1:
-        raise ValueError(f"group_size and max_new_tokens must be >= 1, got {group_size}, {max_new_tokens}")
+    if group_size < 1 or max_new_tokens < 1 or max_batch_tokens < 1:
+        raise ValueError(f"group_size, max_new_tokens and max_batch_tokens must be >= 1, got {group_size}, "
+                         f"{max_new_tokens}, {max_batch_tokens}")
+    step = prompts_per_chunk([len(p) for p in prompt_ids], group_size, max_new_tokens, max_batch_tokens)
+    chunks = [_generate_batch(model, tokenizer, prompt_ids[i:i + step], group_size, max_new_tokens, temperature,
+                              top_p, top_k, greedy, generator) for i in range(0, len(prompt_ids), step)]
+    width = max(ids.shape[-1] for ids, _ in chunks)                              # T
+    pad = torch.nn.functional.pad
+    response_ids = torch.cat([pad(ids, (0, width - ids.shape[-1]), value=tokenizer.pad_token_id)
+                              for ids, _ in chunks])                              # (B, G, T)
+    token_mask = torch.cat([pad(mask, (0, width - mask.shape[-1]), value=False) for _, mask in chunks])  # (B, G, T)
+    return response_ids, token_mask
+
+
+def _generate_batch(model, tokenizer, prompt_ids, group_size, max_new_tokens, temperature, top_p, top_k, greedy,
+                    generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch of B·G rows, KV-cached; each row stops at its own EOS. -> (B, G, T) ids and mask."""
     device = next(model.parameters()).device
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     repeated = [ids for ids in prompt_ids for _ in range(group_size)]            # N = B*G, prompt-major
@@ -272,6 +204,19 @@ def response_logprobs(model, prompt_ids: list[list[int]], response_ids: torch.Te
     return logp.masked_fill(~token_mask.to(device), 0.0)                          # (N, T)
 
 
+def microbatches(n_rows: int, row_tokens: int, max_batch_tokens: int) -> list[slice]:
+    """Row slices of at most max_batch_tokens sequence positions each, for log-probs and backward in pieces.
+
+    >>> microbatches(5, row_tokens=100, max_batch_tokens=250)
+    [slice(0, 2, None), slice(2, 4, None), slice(4, 5, None)]
+    """
+    if n_rows < 1 or row_tokens < 1 or max_batch_tokens < 1:
+        raise ValueError(f"need n_rows, row_tokens and max_batch_tokens >= 1, got {n_rows}, {row_tokens}, "
+                         f"{max_batch_tokens}")
+    step = max(1, max_batch_tokens // row_tokens)
+    return [slice(i, min(i + step, n_rows)) for i in range(0, n_rows, step)]
+
+
 def decode_responses(tokenizer, response_ids: torch.Tensor, token_mask: torch.Tensor) -> list[list[str]]:
     """B x G response texts: the masked tokens without EOS, through the tokenizer's own decoder.
 
@@ -291,61 +236,3 @@ def decode_responses(tokenizer, response_ids: torch.Tensor, token_mask: torch.Te
             group.append(tokenizer.decode(kept, skip_special_tokens=True, clean_up_tokenization_spaces=False))
         texts.append(group)
     return texts
-
-
-# ----------------------------------------------------------------------------- supervised warm start
-def sft_batch(tokenizer, prompt_ids: list[list[int]], responses: list[list[str]]):
-    """Right-padded (input_ids, labels) for next-token training; labels −100 except response + EOS."""
-    rows, targets = [], []
-    for ids, words in zip(prompt_ids, responses):
-        answer = tokenizer.convert_tokens_to_ids(words) + [tokenizer.eos_token_id]
-        rows.append(ids + answer)
-        targets.append([-100] * len(ids) + answer)
-    width = max(len(r) for r in rows)
-    input_ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])  # (N, L)
-    labels = torch.tensor([t + [-100] * (width - len(t)) for t in targets])                    # (N, L)
-    return input_ids, labels
-
-
-def warm_start(model, tokenizer, prompts: list[dict], steps: int, batch_size: int, lr: float, warmup: int,
-               p_satisfy: float, seed: int) -> float:
-    """Supervised fine-tuning on fresh teacher responses every step; returns the mean loss of the last 50 steps."""
-    rng = random.Random(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / warmup, 1.0) * 0.5 * (
-        1 + math.cos(math.pi * min(s / steps, 1.0))))
-    model.train()
-    losses = []
-    for _ in (bar := tqdm(range(steps), desc="warm start (SFT on the teacher)")):
-        batch = rng.sample(prompts, batch_size)
-        responses = [data.teacher_response(p, rng, p_satisfy) for p in batch]
-        input_ids, labels = sft_batch(tokenizer, encode_prompts(tokenizer, batch), responses)
-        logits = model(input_ids=input_ids, attention_mask=(input_ids != tokenizer.pad_token_id).long()).logits
-        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    model.eval()
-    return sum(losses[-50:]) / len(losses[-50:])
-
-
-if __name__ == "__main__":
-    torch.set_num_threads(1)
-    model, tokenizer = load_or_build_toy_policy()
-    prompts = data.make_splits(seed=0)["test"][:2]
-    prompt_ids = encode_prompts(tokenizer, prompts)
-    print("prompt ids (B lists):", [len(p) for p in prompt_ids], "tokens")
-    response_ids, token_mask = generate(model, tokenizer, prompt_ids, group_size=3,
-                                        generator=torch.Generator().manual_seed(0))
-    print("response_ids (B, G, T):", tuple(response_ids.shape), " token_mask (B, G, T):", tuple(token_mask.shape))
-    with torch.no_grad():
-        logp = response_logprobs(model, prompt_ids, response_ids, token_mask, tokenizer)
-    print("log π per token (B, G, T), first response:", logp[0, 0][token_mask[0, 0]].numpy().round(2))
-    for prompt, group in zip(prompts, decode_responses(tokenizer, response_ids, token_mask)):
-        print("\n" + prompt["prompt"])
-        for text in group:
-            print("  ->", text, [int(data.passes(r, text.split())) for r in prompt["rubrics"]])

@@ -4,8 +4,8 @@ import random
 import pytest
 import torch
 
-import data
-from data import CHECKERS, make_rubric, passes
+import rubric_world
+from rubric_world import CHECKERS, make_rubric, passes
 
 # (type, args, satisfying responses, violating responses), all written by hand
 CHECKER_CASES = [
@@ -40,8 +40,8 @@ def test_empty_and_too_long_responses_fail_every_rubric(rubric_type, args):
     assert not CHECKERS[rubric_type]("", **args)
     assert not CHECKERS[rubric_type]("   ", **args)
     good = next(c[2][0] for c in CHECKER_CASES if c[0] == rubric_type)
-    too_long = " ".join([good] + ["boat"] * data.MAX_WORDS)            # passes on content, but never ended
-    assert len(too_long.split()) > data.MAX_WORDS
+    too_long = " ".join([good] + ["boat"] * rubric_world.MAX_WORDS)            # passes on content, but never ended
+    assert len(too_long.split()) > rubric_world.MAX_WORDS
     assert not CHECKERS[rubric_type](too_long, **args)
 
 
@@ -62,7 +62,7 @@ def test_make_rubric_description_names_its_arguments():
 
 # ----------------------------------------------------------------------------- splits
 def small_splits(seed):
-    return data.make_splits(seed=seed, n_train=300, n_val=20, n_test=40, n_unseen=30)
+    return rubric_world.make_splits(seed=seed, n_train=300, n_val=20, n_test=40, n_unseen=30)
 
 
 def test_splits_are_deterministic_by_seed():
@@ -78,14 +78,14 @@ def test_splits_are_disjoint_and_held_out_combos_never_reach_training():
         for b in names[i + 1:]:
             assert not texts[a] & texts[b], (a, b)
     for name in ("train", "val", "test"):
-        assert not any(data.has_held_out_pair(p) for p in splits[name])
-    assert all(data.has_held_out_pair(p) for p in splits["test_unseen_combos"])
+        assert not any(rubric_world.has_held_out_pair(p) for p in splits[name])
+    assert all(rubric_world.has_held_out_pair(p) for p in splits["test_unseen_combos"])
     assert not {p["combo"] for p in splits["train"]} & {p["combo"] for p in splits["test_unseen_combos"]}
 
 
 def test_test_split_does_not_depend_on_train_size():
-    assert data.make_splits(0, n_train=10, n_val=5, n_test=30, n_unseen=5)["test"] == \
-        data.make_splits(0, n_train=200, n_val=5, n_test=30, n_unseen=5)["test"]
+    assert rubric_world.make_splits(0, n_train=10, n_val=5, n_test=30, n_unseen=5)["test"] == \
+        rubric_world.make_splits(0, n_train=200, n_val=5, n_test=30, n_unseen=5)["test"]
 
 
 def test_prompts_have_three_to_six_distinct_rubrics_stated_in_the_text():
@@ -93,7 +93,7 @@ def test_prompts_have_three_to_six_distinct_rubrics_stated_in_the_text():
         types = [r["type"] for r in prompt["rubrics"]]
         assert 3 <= len(types) <= 6 and len(set(types)) == len(types)
         assert all(r["description"] in prompt["prompt"] for r in prompt["rubrics"])
-        assert all(passes(r, data.satisfying_response(prompt, random.Random(0))) for r in prompt["rubrics"])
+        assert all(passes(r, rubric_world.satisfying_response(prompt, random.Random(0))) for r in prompt["rubrics"])
 
 
 # ----------------------------------------------------------------------------- minimal modifications
@@ -105,13 +105,13 @@ def test_violate_breaks_exactly_the_target_and_keeps_the_others():
     rng = random.Random(0)
     n_edits = 0
     for prompt in small_splits(2)["train"][:150]:
-        words = data.satisfying_response(prompt, rng)
+        words = rubric_world.satisfying_response(prompt, rng)
         for k, rubric in enumerate(prompt["rubrics"]):
-            edited = data.violate(rubric, words, rng, prompt["rubrics"])
+            edited = rubric_world.violate(rubric, words, rng, prompt["rubrics"])
             assert edited is not None, (prompt["prompt"], rubric)
             after = verdicts(prompt, edited)
             assert after == [j != k for j in range(len(after))], (words, edited, rubric["description"])
-            labels, edited_labels = data.token_diff_labels(words, edited)
+            labels, edited_labels = rubric_world.token_diff_labels(words, edited)
             assert sum(labels) + sum(edited_labels) > 0 and sum(edited_labels) > 0
             n_edits += 1
     assert n_edits > 500
@@ -121,12 +121,12 @@ def test_violate_on_a_teacher_response_keeps_the_verdicts_it_had():
     rng = random.Random(1)
     for prompt in small_splits(2)["val"]:
         for _ in range(5):
-            words = data.teacher_response(prompt, rng, p_satisfy=0.6)
+            words = rubric_world.teacher_response(prompt, rng, p_satisfy=0.6)
             before = verdicts(prompt, words)
             for k, rubric in enumerate(prompt["rubrics"]):
                 if not before[k]:
                     continue
-                edited = data.violate(rubric, words, rng, prompt["rubrics"])
+                edited = rubric_world.violate(rubric, words, rng, prompt["rubrics"])
                 if edited is None:
                     continue
                 after = verdicts(prompt, edited)
@@ -138,13 +138,13 @@ def test_repair_fixes_exactly_the_target_and_keeps_the_others():
     rng = random.Random(2)
     n_repairs = 0
     for prompt in small_splits(2)["train"][:150]:
-        words = data.satisfying_response(prompt, rng)
+        words = rubric_world.satisfying_response(prompt, rng)
         for rubric in prompt["rubrics"]:
-            broken = data.violate(rubric, words, rng, prompt["rubrics"])
-            fixed = data.repair(rubric, broken, rng, prompt["rubrics"])
+            broken = rubric_world.violate(rubric, words, rng, prompt["rubrics"])
+            fixed = rubric_world.repair(rubric, broken, rng, prompt["rubrics"])
             assert fixed is not None, (broken, rubric["description"])
             assert all(verdicts(prompt, fixed)), (broken, fixed, rubric["description"])
-            assert sum(data.token_diff_labels(broken, fixed)[0]) > 0
+            assert sum(rubric_world.token_diff_labels(broken, fixed)[0]) > 0
             n_repairs += 1
     assert n_repairs > 500
 
@@ -152,46 +152,46 @@ def test_repair_fixes_exactly_the_target_and_keeps_the_others():
 def test_violate_and_repair_reject_the_wrong_direction():
     rubric = make_rubric("starts_with", word="boat")
     with pytest.raises(ValueError, match="satisfies"):
-        data.violate(rubric, ["the", "boat"], random.Random(0))
+        rubric_world.violate(rubric, ["the", "boat"], random.Random(0))
     with pytest.raises(ValueError, match="violates"):
-        data.repair(rubric, ["boat", "ahoy"], random.Random(0))
+        rubric_world.repair(rubric, ["boat", "ahoy"], random.Random(0))
 
 
 def test_teacher_is_perfect_at_p1_and_imperfect_below():
     rng = random.Random(0)
     prompts = small_splits(5)["val"]
-    assert all(all(verdicts(p, data.teacher_response(p, rng, 1.0))) for p in prompts)
-    rate = sum(sum(verdicts(p, data.teacher_response(p, rng, 0.5))) for p in prompts for _ in range(10)) / \
+    assert all(all(verdicts(p, rubric_world.teacher_response(p, rng, 1.0))) for p in prompts)
+    rate = sum(sum(verdicts(p, rubric_world.teacher_response(p, rng, 0.5))) for p in prompts for _ in range(10)) / \
         sum(10 * len(p["rubrics"]) for p in prompts)
     assert 0.4 < rate < 0.75
     with pytest.raises(ValueError, match="p_satisfy"):
-        data.teacher_response(prompts[0], rng, 1.5)
+        rubric_world.teacher_response(prompts[0], rng, 1.5)
 
 
 # ----------------------------------------------------------------------------- token labels
 def test_token_diff_labels_hand_examples():
-    assert data.token_diff_labels([1, 2, 3], [1, 2, 3]) == ([0, 0, 0], [0, 0, 0])
-    assert data.token_diff_labels([1, 2, 3], [1, 9, 3]) == ([0, 1, 0], [0, 1, 0])                # replace
-    assert data.token_diff_labels([1, 2, 3, 4], [1, 3, 2, 4]) == ([0, 1, 1, 0], [0, 1, 1, 0])   # swap
-    assert data.token_diff_labels([1, 2, 3, 4, 5], [1, 4, 3, 2, 5]) == ([0, 1, 0, 1, 0], [0, 1, 0, 1, 0])
-    assert data.token_diff_labels([1, 2, 3, 4, 5], [1, 3, 4, 2, 5]) == ([0, 1, 0, 0, 1], [0, 1, 0, 1, 0])  # move
-    assert data.token_diff_labels([1, 2, 3], [1, 3]) == ([0, 1, 0], [0, 1])                     # deletion
-    assert data.token_diff_labels([1, 2, 3], [1, 2]) == ([0, 0, 1], [0, 1])                     # cut at the end
-    assert data.token_diff_labels([], [7]) == ([], [1])
+    assert rubric_world.token_diff_labels([1, 2, 3], [1, 2, 3]) == ([0, 0, 0], [0, 0, 0])
+    assert rubric_world.token_diff_labels([1, 2, 3], [1, 9, 3]) == ([0, 1, 0], [0, 1, 0])                # replace
+    assert rubric_world.token_diff_labels([1, 2, 3, 4], [1, 3, 2, 4]) == ([0, 1, 1, 0], [0, 1, 1, 0])   # swap
+    assert rubric_world.token_diff_labels([1, 2, 3, 4, 5], [1, 4, 3, 2, 5]) == ([0, 1, 0, 1, 0], [0, 1, 0, 1, 0])
+    assert rubric_world.token_diff_labels([1, 2, 3, 4, 5], [1, 3, 4, 2, 5]) == ([0, 1, 0, 0, 1], [0, 1, 0, 1, 0])  # move
+    assert rubric_world.token_diff_labels([1, 2, 3], [1, 3]) == ([0, 1, 0], [0, 1])                     # deletion
+    assert rubric_world.token_diff_labels([1, 2, 3], [1, 2]) == ([0, 0, 1], [0, 1])                     # cut at the end
+    assert rubric_world.token_diff_labels([], [7]) == ([], [1])
 
 
 def test_relevance_pair_labels_cover_the_words_plus_eos():
     rng = random.Random(0)
     rubric = make_rubric("length", lo=3, hi=4)
-    edited, labels = data.relevance_pair(rubric, ["a", "b"], rng)              # too short: a word goes in
+    edited, labels = rubric_world.relevance_pair(rubric, ["a", "b"], rng)              # too short: a word goes in
     assert passes(rubric, edited) and edited[0] == "a" and edited[-1] == "b"   # before the last word, so the
     assert labels == [0, 1, 0]                                                 # blame is the word after the gap
-    edited, labels = data.relevance_pair(make_rubric("starts_with", word="boat"), ["boat", "a"], rng)
+    edited, labels = rubric_world.relevance_pair(make_rubric("starts_with", word="boat"), ["boat", "a"], rng)
     assert edited[1:] == ["a"] and edited[0] != "boat" and labels == [1, 0, 0]
 
 
 def test_minimal_pairs_flip_only_their_rubric():
-    pairs = list(data.minimal_pairs(small_splits(6)["val"], random.Random(0)))
+    pairs = list(rubric_world.minimal_pairs(small_splits(6)["val"], random.Random(0)))
     assert len(pairs) > 40
     prompts = {p["id"]: p for p in small_splits(6)["val"]}
     for pair in pairs:
@@ -206,17 +206,17 @@ def test_minimal_pairs_flip_only_their_rubric():
 
 # ----------------------------------------------------------------------------- tokenizer and oracle
 def test_tokenizer_covers_every_word_the_task_uses():
-    tokenizer = data.build_tokenizer()
+    tokenizer = rubric_world.build_tokenizer()
     prompt = small_splits(0)["test"][0]
     ids = tokenizer(prompt["prompt"], add_special_tokens=False)["input_ids"]
     assert tokenizer.unk_token_id not in ids
-    words = data.satisfying_response(prompt, random.Random(0))
+    words = rubric_world.satisfying_response(prompt, random.Random(0))
     assert tokenizer.decode(tokenizer.convert_tokens_to_ids(words)) == " ".join(words)
-    assert len(set(data.vocabulary())) == len(data.vocabulary())
+    assert len(set(rubric_world.vocabulary())) == len(rubric_world.vocabulary())
 
 
 def test_oracle_relevance_shape_padding_and_labels():
-    tokenizer = data.build_tokenizer()
+    tokenizer = rubric_world.build_tokenizer()
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     prompts = [{"id": "a", "rubrics": [make_rubric("starts_with", word="boat"), make_rubric("exclude", word="owl")]},
                {"id": "b", "rubrics": [make_rubric("ends_with", word="moon")]}]
@@ -231,7 +231,7 @@ def test_oracle_relevance_shape_padding_and_labels():
             token_mask[b, g, :len(ids)] = True
     token_mask[1, 1, 3] = False                                                  # cut before EOS: no EOS
     response_ids[1, 1, 3] = pad
-    relevance = data.oracle_relevance(prompts, response_ids, token_mask, tokenizer)
+    relevance = rubric_world.oracle_relevance(prompts, response_ids, token_mask, tokenizer)
     assert relevance.shape == (2, 2, 2, t_size) and relevance.dtype == torch.float32
     assert bool((relevance[~token_mask[:, :, None, :].expand_as(relevance)] == 0).all())   # padded tokens
     assert bool((relevance[1, :, 1] == 0).all())                                            # padded rubric
@@ -243,10 +243,10 @@ def test_oracle_relevance_shape_padding_and_labels():
 
 
 def test_oracle_relevance_rejects_bad_shapes():
-    tokenizer = data.build_tokenizer()
+    tokenizer = rubric_world.build_tokenizer()
     prompts = [{"id": "a", "rubrics": [make_rubric("lowercase")]}]
     with pytest.raises(ValueError, match="bool token_mask"):
-        data.oracle_relevance(prompts, torch.zeros(1, 1, 3, dtype=torch.long), torch.ones(1, 1, 3), tokenizer)
+        rubric_world.oracle_relevance(prompts, torch.zeros(1, 1, 3, dtype=torch.long), torch.ones(1, 1, 3), tokenizer)
     with pytest.raises(ValueError, match="2 prompts"):
-        data.oracle_relevance(prompts * 2, torch.zeros(1, 1, 3, dtype=torch.long),
+        rubric_world.oracle_relevance(prompts * 2, torch.zeros(1, 1, 3, dtype=torch.long),
                               torch.ones(1, 1, 3, dtype=torch.bool), tokenizer)

@@ -1,4 +1,5 @@
-"""policy.py: rollouts (shapes, masks, determinism, greedy), per-token log-probs against a slow loop, decoding."""
+"""rollout.py: rollouts (shapes, masks, determinism, greedy), per-token log-probs against a slow loop, decoding;
+policies.py: the toy warm start and its cache."""
 import json
 import math
 
@@ -7,8 +8,9 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-import data
-import policy
+import policies
+import rollout
+import rubric_world
 
 MAX_NEW = 12
 
@@ -16,25 +18,25 @@ MAX_NEW = 12
 @pytest.fixture(scope="module")
 def toy():
     """A random-init toy policy whose EOS logit is raised, so responses end at varied lengths."""
-    tokenizer = data.build_tokenizer()
-    model = policy.build_toy_policy(tokenizer, seed=0).eval()
+    tokenizer = rubric_world.build_tokenizer()
+    model = policies.build_toy_policy(tokenizer, seed=0).eval()
     eos_bias = torch.zeros(len(tokenizer))
     eos_bias[tokenizer.eos_token_id] = 2.0
     model.lm_head.register_forward_hook(lambda module, args, out: out + eos_bias)
-    prompts = data.make_splits(seed=0, n_train=4, n_val=1, n_test=5, n_unseen=1)["test"]
-    return model, tokenizer, policy.encode_prompts(tokenizer, prompts)
+    prompts = rubric_world.make_splits(seed=0, n_train=4, n_val=1, n_test=5, n_unseen=1)["test"]
+    return model, tokenizer, rollout.encode_prompts(tokenizer, prompts)
 
 
 def sample(toy, seed=0, group_size=4, **kwargs):
     model, tokenizer, prompt_ids = toy
-    return policy.generate(model, tokenizer, prompt_ids, group_size, MAX_NEW,
+    return rollout.generate(model, tokenizer, prompt_ids, group_size, MAX_NEW,
                            generator=torch.Generator().manual_seed(seed), **kwargs)
 
 
 def allowed_logits(model, tokenizer, ids):
     """Next-token logits of ONE unpadded sequence, specials other than EOS removed (the slow reference)."""
     logits = model(input_ids=torch.tensor([ids])).logits[0, -1].float()
-    return logits.masked_fill(policy.suppressed_token_mask(tokenizer, logits.shape[-1]), -math.inf)
+    return logits.masked_fill(rollout.suppressed_token_mask(tokenizer, logits.shape[-1]), -math.inf)
 
 
 def test_generate_shapes_and_mask_semantics(toy):
@@ -75,7 +77,7 @@ def test_greedy_is_the_argmax_of_a_one_sequence_forward(toy):
 
 def test_sampling_never_emits_suppressed_special_tokens(toy):
     model, tokenizer, prompt_ids = toy
-    suppressed = policy.suppressed_token_mask(tokenizer, len(tokenizer))
+    suppressed = rollout.suppressed_token_mask(tokenizer, len(tokenizer))
     assert set(suppressed.nonzero().flatten().tolist()) == {tokenizer.pad_token_id, tokenizer.bos_token_id,
                                                            tokenizer.unk_token_id, tokenizer.sep_token_id}
     boost = suppressed.float() * 20.0                                             # specials would win every draw
@@ -89,11 +91,11 @@ def test_sampling_never_emits_suppressed_special_tokens(toy):
 
 def test_top_k_1_and_tiny_top_p_are_greedy():
     logits = torch.randn(6, 10, generator=torch.Generator().manual_seed(0))
-    greedy = policy.sample_next(logits, greedy=True)
-    assert torch.equal(policy.sample_next(logits, top_k=1, generator=torch.Generator().manual_seed(1)), greedy)
-    assert torch.equal(policy.sample_next(logits, top_p=1e-6, generator=torch.Generator().manual_seed(1)), greedy)
+    greedy = rollout.sample_next(logits, greedy=True)
+    assert torch.equal(rollout.sample_next(logits, top_k=1, generator=torch.Generator().manual_seed(1)), greedy)
+    assert torch.equal(rollout.sample_next(logits, top_p=1e-6, generator=torch.Generator().manual_seed(1)), greedy)
     with pytest.raises(ValueError, match="temperature"):
-        policy.sample_next(logits, temperature=0.0)
+        rollout.sample_next(logits, temperature=0.0)
 
 
 @pytest.mark.parametrize("suppress", [True, False])
@@ -101,7 +103,7 @@ def test_response_logprobs_equal_a_slow_per_sequence_loop(toy, suppress):
     model, tokenizer, prompt_ids = toy
     response_ids, token_mask = sample(toy, seed=3)                               # (B, G, T), prompts of varied length
     assert len({len(p) for p in prompt_ids}) > 1                                 # so left padding really happens
-    logp = policy.response_logprobs(model, prompt_ids, response_ids, token_mask, tokenizer if suppress else None)
+    logp = rollout.response_logprobs(model, prompt_ids, response_ids, token_mask, tokenizer if suppress else None)
     assert logp.shape == response_ids.shape and logp.dtype == torch.float32
     assert bool((logp[~token_mask] == 0).all())
     with torch.no_grad():
@@ -110,7 +112,7 @@ def test_response_logprobs_equal_a_slow_per_sequence_loop(toy, suppress):
                 response = response_ids[b, g][token_mask[b, g]].tolist()
                 logits = model(input_ids=torch.tensor([prompt + response])).logits[0].float()  # (P+T, V)
                 if suppress:
-                    logits = logits.masked_fill(policy.suppressed_token_mask(tokenizer, logits.shape[-1]), -math.inf)
+                    logits = logits.masked_fill(rollout.suppressed_token_mask(tokenizer, logits.shape[-1]), -math.inf)
                 slow = logits[len(prompt) - 1:-1].log_softmax(-1)[torch.arange(len(response)), response]
                 torch.testing.assert_close(logp[b, g, :len(response)], slow, atol=2e-5, rtol=1e-5)
 
@@ -120,9 +122,9 @@ def test_response_logprobs_do_not_depend_on_batch_neighbours(toy):
     model, tokenizer, prompt_ids = toy
     response_ids, token_mask = sample(toy, seed=4, group_size=1)
     flat_ids, flat_mask = response_ids[:, 0], token_mask[:, 0]                    # (N, T)
-    alone = policy.response_logprobs(model, prompt_ids, flat_ids, flat_mask, tokenizer)
+    alone = rollout.response_logprobs(model, prompt_ids, flat_ids, flat_mask, tokenizer)
     long_prompt = prompt_ids[0] * 3
-    padded = policy.response_logprobs(model, prompt_ids + [long_prompt], torch.cat([flat_ids, flat_ids[:1]]),
+    padded = rollout.response_logprobs(model, prompt_ids + [long_prompt], torch.cat([flat_ids, flat_ids[:1]]),
                                       torch.cat([flat_mask, flat_mask[:1]]), tokenizer)
     torch.testing.assert_close(padded[:-1], alone, atol=2e-5, rtol=1e-5)
 
@@ -131,9 +133,9 @@ def test_response_logprobs_reject_bad_masks(toy):
     model, tokenizer, prompt_ids = toy
     ids = torch.zeros(len(prompt_ids), 3, dtype=torch.long)
     with pytest.raises(ValueError, match="token_mask must be bool"):
-        policy.response_logprobs(model, prompt_ids, ids, torch.ones(len(prompt_ids), 3))
+        rollout.response_logprobs(model, prompt_ids, ids, torch.ones(len(prompt_ids), 3))
     with pytest.raises(ValueError, match="N = len"):
-        policy.response_logprobs(model, prompt_ids[:2], ids, torch.ones(len(prompt_ids), 3, dtype=torch.bool))
+        rollout.response_logprobs(model, prompt_ids[:2], ids, torch.ones(len(prompt_ids), 3, dtype=torch.bool))
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -150,14 +152,14 @@ def padded_batch(tokenizer, rows):
 
 
 def test_decode_responses_toy_tokenizer_gives_the_words_joined_by_spaces():
-    tokenizer = data.build_tokenizer()
+    tokenizer = rubric_world.build_tokenizer()
     texts = [["boat ; Anna 3 .", "the very moon"], ["salt", "very moss"]]
     rows = [[tokenizer.convert_tokens_to_ids(t.split()) + [tokenizer.eos_token_id] for t in texts[0]],
             [tokenizer.convert_tokens_to_ids(["salt"]), tokenizer.convert_tokens_to_ids(["very", "moss"])]]  # no EOS
     response_ids, token_mask = padded_batch(tokenizer, rows)
-    assert policy.decode_responses(tokenizer, response_ids, token_mask) == texts
+    assert rollout.decode_responses(tokenizer, response_ids, token_mask) == texts
     token_mask[0, 1, 1:] = False                                                 # masked tokens are dropped
-    assert policy.decode_responses(tokenizer, response_ids, token_mask)[0][1] == "the"
+    assert rollout.decode_responses(tokenizer, response_ids, token_mask)[0][1] == "the"
 
 
 def byte_level_bpe_tokenizer():
@@ -177,14 +179,14 @@ def test_decode_responses_round_trips_a_bpe_tokenizer():
     rows = [[tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in texts]]
     assert any(len(ids) < len(t.split()) + 1 or "Ġ" in "".join(tokenizer.convert_ids_to_tokens(ids))
                for ids, t in zip(rows[0], texts))                                # pieces are not words
-    assert policy.decode_responses(tokenizer, *padded_batch(tokenizer, rows)) == [texts]
+    assert rollout.decode_responses(tokenizer, *padded_batch(tokenizer, rows)) == [texts]
 
 
 # ----------------------------------------------------------------------------- warm start and cache
 def test_sft_batch_trains_on_the_response_and_eos_only():
-    tokenizer = data.build_tokenizer()
+    tokenizer = rubric_world.build_tokenizer()
     prompt_ids = [[1, 50, 60, 4], [1, 70, 4]]
-    input_ids, labels = policy.sft_batch(tokenizer, prompt_ids, [["boat", "moon"], ["salt"]])
+    input_ids, labels = policies.sft_batch(tokenizer, prompt_ids, [["boat", "moon"], ["salt"]])
     boat, moon, salt = tokenizer.convert_tokens_to_ids(["boat", "moon", "salt"])
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     assert input_ids.tolist() == [[1, 50, 60, 4, boat, moon, eos], [1, 70, 4, salt, eos, pad, pad]]
@@ -193,26 +195,26 @@ def test_sft_batch_trains_on_the_response_and_eos_only():
 
 def test_warm_start_is_cached_and_rebuilt_when_the_recipe_changes(tmp_path):
     recipe = {"steps": 2, "batch_size": 4}
-    model, tokenizer = policy.load_or_build_toy_policy(cache_dir=str(tmp_path), recipe=recipe)
+    model, tokenizer = policies.load_or_build_toy_policy(cache_dir=str(tmp_path), recipe=recipe)
     info = json.loads((tmp_path / "build_info.json").read_text())
-    assert info["recipe"]["steps"] == 2 and info["recipe"]["arch"] == policy.TOY_ARCH
-    again, _ = policy.load_or_build_toy_policy(cache_dir=str(tmp_path), recipe=recipe)
+    assert info["recipe"]["steps"] == 2 and info["recipe"]["arch"] == policies.TOY_ARCH
+    again, _ = policies.load_or_build_toy_policy(cache_dir=str(tmp_path), recipe=recipe)
     for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), name
-    policy.load_or_build_toy_policy(cache_dir=str(tmp_path), recipe={**recipe, "steps": 1})
+    policies.load_or_build_toy_policy(cache_dir=str(tmp_path), recipe={**recipe, "steps": 1})
     assert json.loads((tmp_path / "build_info.json").read_text())["recipe"]["steps"] == 1
     with pytest.raises(ValueError, match="cannot load a policy"):
-        policy.load_policy(str(tmp_path / "missing"))
+        policies.load_policy(str(tmp_path / "missing"))
 
 
 def test_saving_the_policy_leaves_the_rest_of_the_cache_alone(tmp_path, monkeypatch):
     monkeypatch.setenv("RTT_CACHE", str(tmp_path))
-    assert policy.default_cache_dir() == str(tmp_path / "toy" / "policy")
+    assert policies.default_cache_dir() == str(tmp_path / "toy" / "policy")
     sibling = tmp_path / "toy" / "discriminator"
     sibling.mkdir(parents=True)
     (sibling / "weights").write_text("kept")
-    tokenizer = data.build_tokenizer()
-    policy.save_policy(policy.build_toy_policy(tokenizer), tokenizer, policy.default_cache_dir())
-    policy.save_policy(policy.build_toy_policy(tokenizer), tokenizer, policy.default_cache_dir())   # replaced
+    tokenizer = rubric_world.build_tokenizer()
+    policies.save_policy(policies.build_toy_policy(tokenizer), tokenizer, policies.default_cache_dir())
+    policies.save_policy(policies.build_toy_policy(tokenizer), tokenizer, policies.default_cache_dir())   # replaced
     assert (sibling / "weights").read_text() == "kept"
-    assert policy.load_policy(policy.default_cache_dir())[0].config.vocab_size == len(tokenizer)
+    assert policies.load_policy(policies.default_cache_dir())[0].config.vocab_size == len(tokenizer)

@@ -1,5 +1,5 @@
 """
-data.py — Rubric World: a CPU-sized instruction-following task with verifiable rubrics.
+rubric_world.py — Rubric World: a CPU-sized instruction-following task with verifiable rubrics (the toy task).
 
 Paper:    RTT §4 (rubric-based instruction following) and the discriminator's training data (appendix:
           positive response, minimal modification per rubric, token diff); RTT_SPEC.md §4 and §8.
@@ -7,11 +7,13 @@ Input:    a seed (splits), a prompt dict {"id", "prompt", "rubrics", "combo"}, r
 Output:   prompts with K = 3..6 rubrics each; rule checkers `CHECKERS`; a satisfying response and an
           imperfect teacher response per prompt; minimal edits that break / fix exactly one rubric;
           token relevance labels from a token diff; the word-level tokenizer; the oracle relevance
-          provider fn(prompts, response_ids (B, G, T), token_mask (B, G, T)) -> (B, G, K, T).
+          provider fn(prompts, response_ids (B, G, T), token_mask (B, G, T)) -> (B, G, K, T); the
+          discriminator's examples (both sides of every minimal pair, tagged identifiable or not).
 
 The task.  A prompt asks for a short text about a topic and lists K rubrics in words. A response is a
           sequence of vocabulary words joined by single spaces (the rubrics' words, four fillers, and
-          the separator ';'; names and other topic words appear when a rubric is broken). Nine rubric types, each a plain checker on the response text:
+          the separator ';'; names and other topic words appear when a rubric is broken). Nine rubric
+          types, each a plain checker on the response text:
 
           type         args           passes when (tokens = response.split())
           starts_with  word           tokens[0] == word
@@ -60,15 +62,15 @@ Minimal modifications (the ground truth for token relevance, RTT_SPEC §4).  vio
           violate(), for a failing one the violating side of repair(); rows where no single-rubric edit
           exists (e.g. a response over MAX_WORDS) stay all 0.
 
-Deviations from the paper:
+Deviations from the paper (tagged `# DEVIATION(n)` in the code):
   1. The paper's positives and minimal modifications are written by an LLM; here they are constructed
      by code, so the labels are exact (up to the identifiability limits in the table above).
+  2. The greedy baseline's "LLM" is a rule that quotes every occurrence of the words a rubric names.
 
-Demo:     python data.py     (prompts, a satisfying response, a violated one and its diff labels)
+Demo:     python rubric_world.py     (prompts, a satisfying response, a violated one and its diff labels)
 """
 
 import json
-import os
 import random
 import re
 from typing import Callable, Iterator
@@ -77,7 +79,9 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from discriminator import token_diff_labels   # the paper's labels: the tokens a minimal edit touches
+import discriminator
+import llm_labels
+from discriminator import make_example, token_diff_labels   # the paper's labels: the tokens a minimal edit touches
 
 # Dimension legend (identical in every file):
 #   B prompts in the batch        G responses per prompt (group)     N = B*G responses, flattened
@@ -96,6 +100,7 @@ FILLERS = ["the", "and", "of", "very"]
 NAMES = ["Anna", "Bruno", "Clara", "David", "Elena", "Felix"]
 SEP = ";"
 MAX_WORDS = 30                      # a response of more tokens than this satisfies no rubric
+MAX_NEW_TOKENS = MAX_WORDS + 1      # the longest response a rubric accepts, plus EOS
 SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<bos>", "eos": "<eos>", "unk": "<unk>", "sep": "<sep>"}
 
 # Short descriptions in plain words: the argument sits two tokens after a verb unique to its rubric type,
@@ -628,80 +633,84 @@ def oracle_relevance(prompts: list[dict], response_ids: torch.Tensor, token_mask
     return relevance.to(response_ids.device)
 
 
-# ============================================================================ rubric datasets from JSONL / datasets
-# Real rubric data: one row per prompt, {"prompt": str, "rubrics": [rubric, ...], optional "id": str}. A rubric is
-# {"description": str, optional "type": checker id, optional "args": dict}, or just its description as a string.
-# A rubric without a type (or with type "llm") is judged by an LLM (rewards.HybridJudge); one with a type goes to
-# the rule checker of that name.
-def _rubric_from_row(rubric, where: str, k: int, checkers: dict | None) -> dict:
-    """One validated rubric dict; ValueError naming the row, the rubric and the problem."""
-    if isinstance(rubric, str):
-        rubric = {"description": rubric}
-    if not isinstance(rubric, dict):
-        raise ValueError(f"{where}: rubric {k} must be an object or a string, got {type(rubric).__name__}")
-    description, rubric_type = rubric.get("description"), rubric.get("type") or "llm"
-    args = rubric.get("args") if rubric.get("args") is not None else {}
-    if not isinstance(description, str) or not description.strip():
-        raise ValueError(f"{where}: rubric {k} needs a non-empty string 'description' (the criterion in words)")
-    if not isinstance(rubric_type, str):
-        raise ValueError(f"{where}: rubric {k} has a 'type' that is not a string: {rubric_type!r}")
-    if not isinstance(args, dict):
-        raise ValueError(f"{where}: rubric {k} has 'args' that is not an object: {args!r}")
-    if checkers is not None and rubric_type != "llm" and rubric_type not in checkers:
-        raise ValueError(f"{where}: rubric {k} has unknown checker type {rubric_type!r}; known: {sorted(checkers)} "
-                         "(or leave 'type' out for an LLM-judged rubric)")
-    return {"type": rubric_type, "args": args, "description": description.strip()}
+# ----------------------------------------------------------------------------- the discriminator's examples
+# Which diff labels can be recovered from ONE response (RTT_SPEC §4 trap 2; the table in data.py), by
+# (rubric type, side). The others point at a random word (the filler that replaced a required word, the
+# word a forbidden one replaced) or at one of several equivalent positions, so they cap the F1 of any model.
+IDENTIFIABLE = {("starts_with", "positive"), ("starts_with", "negative"), ("ends_with", "positive"),
+                ("ends_with", "negative"), ("include", "positive"), ("exclude", "negative"),
+                ("lowercase", "negative"), ("order", "positive"), ("order", "negative")}
 
 
-def rubric_prompt_from_row(row, index: int, source: str, checkers: dict | None = None) -> dict:
-    """One dataset row -> a prompt dict {"id", "prompt", "rubrics"}; ValueError naming the row and the problem."""
-    where = f"{source} row {index}"
-    if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected an object with 'prompt' and 'rubrics', got {type(row).__name__}")
-    prompt, rubrics = row.get("prompt"), row.get("rubrics")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError(f"{where}: needs a non-empty string 'prompt' (has fields {sorted(row)})")
-    if not isinstance(rubrics, list) or not rubrics:
-        raise ValueError(f"{where}: needs a non-empty list 'rubrics', got {type(rubrics).__name__}")
-    prompt_id = str(row["id"]) if row.get("id") is not None else str(index)
-    return {"id": prompt_id, "prompt": prompt,
-            "rubrics": [_rubric_from_row(rubric, where, k, checkers) for k, rubric in enumerate(rubrics)]}
+def rubric_world_examples(prompts: list[dict], tokenizer, seed: int = 0) -> list[dict]:
+    """Minimal pairs of Rubric World (minimal_pairs) as token examples, both sides labelled.
 
-
-def load_rubric_dataset(path_or_name: str, split: str | None = None, checkers: dict | None = None) -> list[dict]:
-    """Prompt dicts from a JSONL file, a saved `datasets` directory, or a `datasets` name (split default "train").
-
-    Rows are validated (see rubric_prompt_from_row); with `checkers`, every typed rubric must name one of them.
-    Rows are numbered from 1 in error messages (the JSONL line number for a file).
+    Two recipes per prompt: from a response meeting every rubric (the paper's), and from the imperfect
+    teacher's response, whose pairs include responses that fail several rubrics at once, as RL samples do.
+    Each example carries its rubric type, side ("positive" meets the rubric, "negative" violates it), recipe,
+    whether its labels are identifiable from the response alone, and its words and rubric.
     """
-    if os.path.isfile(path_or_name):
-        rows = []
-        with open(path_or_name) as f:
-            for line_no, line in enumerate(f, start=1):
-                if line.strip():
-                    try:
-                        rows.append((line_no, json.loads(line)))
-                    except json.JSONDecodeError as error:
-                        raise ValueError(f"{path_or_name} row {line_no}: not valid JSON ({error.msg})") from error
-    else:
-        import datasets
+    rng = random.Random(seed)
+    eos = tokenizer.eos_token_id
+    examples = []
+    for recipe, from_teacher in (("satisfying", False), ("teacher", True)):
+        for pair in minimal_pairs(prompts, rng, from_teacher=from_teacher):
+            rubric = pair["rubric"]
+            for side in ("positive", "negative"):
+                words = pair[side]
+                ids = tokenizer.convert_tokens_to_ids(words) + [eos]
+                examples.append(make_example(rubric["description"], ids, pair[f"{side}_labels"], type=rubric["type"],
+                                             violated=side == "negative", side=side, recipe=recipe, words=words,
+                                             rubric=rubric, identifiable=(rubric["type"], side) in IDENTIFIABLE))
+    return examples
 
-        if os.path.isdir(path_or_name):
-            loaded = datasets.load_from_disk(path_or_name)
-            table = loaded[split or "train"] if isinstance(loaded, datasets.DatasetDict) else loaded
-        else:
-            table = datasets.load_dataset(path_or_name, split=split or "train")
-        rows = list(enumerate(table, start=1))
-    prompts = [rubric_prompt_from_row(row, index, path_or_name, checkers) for index, row in rows]
-    seen = {}
-    for (index, _), prompt in zip(rows, prompts):
-        if prompt["id"] in seen:
-            raise ValueError(f"{path_or_name} row {index}: id {prompt['id']!r} already used by row "
-                             f"{seen[prompt['id']]}")
-        seen[prompt["id"]] = index
-    if not prompts:
-        raise ValueError(f"{path_or_name}: no rows")
-    return prompts
+
+def rubric_world_quote(rubric: dict, words: list[str]) -> str:
+    """The greedy baseline's answer on Rubric World, written by a rule instead of an LLM (DEVIATION(2)):
+    it quotes the words the rubric names, the capitalised words ("lowercase") or the ';' ("parts"), the whole
+    response for "length", and answers "none" when nothing it would quote is present."""
+    if rubric["type"] == "length":                     # DEVIATION(2): a rule writes what an LLM would quote
+        return json.dumps({"relevance": "all"})
+    named = [rubric["args"][key] for key in ("word", "first", "second") if key in rubric["args"]]
+    if rubric["type"] == "lowercase":
+        named = [w for w in words if w[:1].isupper()]
+    elif rubric["type"] == "parts":
+        named = [";"]
+    quotes = sorted({w for w in named if w in words})
+    return json.dumps({"relevance": "partial", "segments": quotes} if quotes else {"relevance": "none"})
+
+
+def greedy_predictions(examples: list[dict], tokenizer) -> tuple[list[torch.Tensor], dict]:
+    """Greedy-baseline labels as 0/1 scores for every example (a dropped, malformed answer scores 0 everywhere;
+    the end-of-sequence token is never quoted), plus the parsing counts."""
+    answers = [rubric_world_quote(e["rubric"], e["words"]) for e in examples]
+    labels, stats = llm_labels.greedy_labels(answers, [" ".join(e["words"]) for e in examples], tokenizer)
+    scores = []
+    for quoted, example in zip(labels, examples):
+        row = torch.zeros(len(example["response_ids"]))                          # (T_m,)
+        row[:len(quoted or [])] = torch.tensor(quoted or [], dtype=torch.float32)
+        scores.append(row)
+    return scores, stats
+
+
+def heatmap_example(model, tokenizer, seed: int = 0) -> dict:
+    """One held-out prompt with a teacher response that breaks at least one rubric, and its relevance.
+
+    Returns {"prompt", "tokens" (T), "rubrics" (K descriptions), "verdicts" (K bools), "weights" (K, T),
+    "oracle" (K, T): the oracle's minimal-modification labels}.
+    """
+    rng = random.Random(seed)
+    for prompt in make_splits(seed=0)["test"]:
+        words = teacher_response(prompt, rng)
+        verdicts = [passes(r, words) for r in prompt["rubrics"]]
+        if not all(verdicts):
+            break
+    ids = torch.tensor([[tokenizer.convert_tokens_to_ids(words) + [tokenizer.eos_token_id]]])  # (1, 1, T)
+    mask = torch.ones_like(ids, dtype=torch.bool)                                 # (1, 1, T)
+    return {"prompt": prompt["prompt"], "tokens": words + [tokenizer.eos_token], "verdicts": verdicts,
+            "rubrics": [r["description"] for r in prompt["rubrics"]],
+            "weights": discriminator.relevance(model, tokenizer, [prompt], ids, mask)[0, 0],    # (K, T)
+            "oracle": oracle_relevance([prompt], ids, mask, tokenizer)[0, 0]}  # (K, T)
 
 
 if __name__ == "__main__":

