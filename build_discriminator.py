@@ -12,8 +12,8 @@ Output:   a token classifier saved with discriminator.save_discriminator in cach
 Identifiable labels.  Some diff labels cannot be recovered from one response (RTT_SPEC §4 trap 2: the filler
           that replaced a required word is a random word); they are reported apart as "not_identifiable".
 
-Deviations from the paper:
-  1. A tiny encoder trained on programmatic minimal pairs stands in for a fine-tuned LLM (discriminator.py).
+Deviations (numbered as in the README's list):
+  5. A tiny encoder trained on programmatic minimal pairs stands in for a fine-tuned LLM (discriminator.py).
 
 Run:      python build_discriminator.py --json results/discriminator.json --heatmap results/heatmap.png
 """
@@ -30,13 +30,14 @@ from tqdm import tqdm
 from transformers import AutoTokenizer
 
 import rubric_world
-from discriminator import (INSTRUCTION, META_FILE, build_toy_discriminator, load_discriminator, predict_examples,
-                           save_discriminator, token_metrics, train_discriminator, vocab_fingerprint)
+from discriminator import (INFERENCE_BATCH_TOKENS, INSTRUCTION, META_FILE, build_toy_discriminator, load_discriminator,
+                           make_relevance_fn, predict_examples, save_discriminator, token_metrics, train_discriminator,
+                           vocab_fingerprint)
 from files import write_json, write_text
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 
-# DEVIATION(1): a tiny encoder trained on programmatic minimal pairs stands in for a fine-tuned LLM.
+# DEVIATION(5): a tiny encoder trained on programmatic minimal pairs stands in for a fine-tuned LLM.
 # Matching a rubric's word to the same word in the response (include, exclude, order) needs the long run: on
 # identifiable test labels F1 0.75 after 1000 steps at lr 3e-3, 0.92 with these settings (lr 2e-3 was faster on
 # one thread and much worse on two: 0.94 vs 0.79). A 256-wide feed-forward layer reached 0.98 but made
@@ -58,7 +59,7 @@ def data_fingerprint(examples: list[dict]) -> str:
 
 def load_or_train_toy_discriminator(device: str = "cpu", cache_dir: str | None = None, rebuild: bool = False,
                                     settings: dict | None = None):
-    """The toy discriminator (DEVIATION(1)) and the policy's tokenizer (rubric_world.build_tokenizer()).
+    """The toy discriminator (DEVIATION(5)) and the policy's tokenizer (rubric_world.build_tokenizer()).
 
     Loaded from `cache_dir` (default_cache_dir()) when it was trained with the same settings, instruction,
     tokenizer and data; otherwise trained on the minimal pairs of Rubric World's train split and saved there.
@@ -97,6 +98,21 @@ def load_or_train_toy_discriminator(device: str = "cpu", cache_dir: str | None =
     print(f"toy discriminator: {wanted['backbone']}, {wanted['steps']} steps on {len(examples)} minimal-pair "
           f"examples, final loss {final_loss:.3f}, {wall:.0f} s, {torch.get_num_threads()} threads -> {cache_dir}")
     return model.to(device).eval(), tokenizer
+
+
+def relevance_provider(kind: str, policy: str, tokenizer, device: str = "cpu", seed: int = 0,
+                       discriminator_dir: str = "", max_batch_tokens: int = 0):
+    """fn(prompts, response_ids (B, G, T), token_mask (B, G, T)) -> relevance w (B, G, K, T) float32 of one kind:
+    "discriminator" (the toy one, built on first use, or the one saved in discriminator_dir, which must share the
+    policy's tokenizer), "oracle" (Rubric World's minimal-edit labels), "uniform" or "random" (seeded)."""
+    if kind == "oracle":
+        return lambda ps, ids, mask: rubric_world.oracle_relevance(ps, ids, mask, tokenizer)  # noqa: E731
+    if kind != "discriminator":
+        return make_relevance_fn(kind=kind, seed=seed)
+    model, disc_tokenizer = (load_or_train_toy_discriminator(device=device) if policy == "toy"
+                             else load_discriminator(discriminator_dir, tokenizer, device))
+    return make_relevance_fn(model, disc_tokenizer, policy_tokenizer=tokenizer,
+                             max_tokens_per_batch=max_batch_tokens or INFERENCE_BATCH_TOKENS)
 
 
 # ----------------------------------------------------------------------------- report

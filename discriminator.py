@@ -17,11 +17,10 @@ Labels:   the paper's minimal pairs: a response that meets a rubric, a minimal e
 Metrics:  token precision / recall / F1 at 0.5, AUROC, and how often the top-scored token of a VIOLATED
           rubric is relevant (the token RTT would penalise most).
 
-Deviations from the paper (tagged `# DEVIATION(n)` in the code):
-  1. build_toy_discriminator makes a tiny model from a config (a 2-layer bidirectional encoder by
-     default), trained in minutes on a CPU; the paper fine-tunes an LLM. Any checkpoint works.
-  2. Relevance is computed without gradient and kept in float32 (the authors' code writes it into an
-     integer buffer, truncating soft weights to 0; RTT_SPEC §6.2).
+Deviations (numbered as in the README's list, tagged `# DEVIATION(n)` in the code):
+  2. Relevance stays float32 (the authors' code writes it into an integer buffer, truncating soft weights to 0).
+  5. build_toy_discriminator makes a tiny model from a config (2-layer bidirectional encoder), trained in minutes.
+  7. The discriminator reads the end-of-sequence token (the authors' stops before it); train.py sets w = 0 there.
 
 Demo:     python discriminator.py     (trains a tiny encoder on hand-made "Include 'x'." pairs, prints w)
 """
@@ -53,7 +52,7 @@ INFERENCE_BATCH_TOKENS = 4096
 # ============================================================================ model, save, load
 def build_toy_discriminator(tokenizer, backbone: str = "bidirectional", hidden: int = 64, layers: int = 2,
                             heads: int = 4, intermediate: int = 128, max_len: int = 256, seed: int = 0):
-    """A tiny token classifier (1 logit per token) over `tokenizer`'s vocabulary, built from a config. DEVIATION(1)
+    """A tiny token classifier (1 logit per token) over `tokenizer`'s vocabulary, built from a config. DEVIATION(5)
 
     backbone "causal": a Llama (left context only; needs the end-of-sequence token in the response).
     backbone "bidirectional": a BERT encoder (every token sees the whole sequence).
@@ -241,8 +240,8 @@ def relevance(model, tokenizer, prompts: list[dict], response_ids: torch.Tensor,
 
 
 def uniform_relevance(prompts: list[dict], response_ids: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
-    """Ablation: every valid token is fully relevant to every rubric (w = 1). Under intra-sample
-    normalisation a constant row contributes 0, so RTT with this provider is exactly GRPO (RTT_SPEC §5).
+    """Ablation: every valid token is fully relevant to every rubric (w = 1). Under INTRA-sample normalisation
+    a constant row contributes 0, so RTT with this provider is exactly GRPO (RTT_SPEC §5); not under inter-sample.
     Shapes:  prompts (B), response_ids / token_mask (B, G, T)  ->  (B, G, K, T) float32"""
     _check_responses(prompts, response_ids, token_mask)
     rubric_mask = _rubric_mask(prompts).to(token_mask.device)                     # (B, K)

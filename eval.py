@@ -7,13 +7,13 @@ Input:    a policy (the toy, smollm2, a directory, or a train.py checkpoint: eva
           or a JSONL of responses; prompt dicts with rubrics (tasks.py); a judge
           judge(prompts (B), responses (B x G strings)) -> (scores (B, G, K) in {+1, −1}, rubric_mask (B, K))
 Output:   a report per (judge, decoding): {"instruction_accuracy", "instruction_accuracy_ci95", "rubric_accuracy",
-          "rubric_accuracy_ci95", "per_type", "mean_length", "n_responses"}; --json writes them all, --items one
+          "rubric_accuracy_ci95", "per_type", "mean_words", "n_responses"}; --json writes them all, --items one
           JSONL row per prompt with every response and its per-rubric verdicts
 
 Metrics.  instruction-level accuracy = share of responses that pass EVERY rubric of their prompt (IFEval calls
           it "prompt-level"); rubric-level accuracy = share of (response, rubric) pairs that pass, pooled over
           all rubrics (micro average; IFEval's "instruction-level"); per_type = rubric-level accuracy of one
-          rubric type; mean_length = mean number of whitespace-separated words per response.
+          rubric type; mean_words = mean number of whitespace-separated words per response.
 Decoding. greedy: one response per prompt (argmax decoding is deterministic, so more would be copies);
           sampled: n_samples responses per prompt, drawn with one torch.Generator seeded by `seed`. Every
           generation runs in chunks of at most `max_batch_tokens` sequence positions (rollout.generate).
@@ -26,8 +26,7 @@ Interval. 95% normal-approximation interval over PROMPTS, the independent units 
           equal n_b this is the usual std of the per-prompt accuracies / sqrt(B). Interval r ± 1.96·se,
           clipped to [0, 1]; with fewer than 2 prompts nothing is known about the spread: [0, 1].
 
-Deviations from the paper:
-  1. The paper reports no intervals; we do. Rubric World is scored by rule checkers, not an LLM judge.
+Additions:  the paper reports no intervals; we do. Rubric World is scored by rule checkers (deviation 5).
 
 Demo:     python eval.py                                             # warm-start toy policy, Rubric World test split
           python eval.py --checkpoint out/toy/ckpt.pt --json out/eval.json
@@ -42,13 +41,13 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
-from tqdm import tqdm
 from transformers import HfArgumentParser
 
 import policies
+import rubric_world
 import tasks
 from files import read_jsonl, write_json, write_jsonl
-from rollout import UNLIMITED, decode_responses, encode_prompts, generate, prompts_per_chunk
+from rollout import UNLIMITED, decode_responses, encode_prompts, generate
 
 # Dimension legend (identical in every file):
 #   B prompts in the batch        G responses per prompt (group)     N = B*G responses, flattened
@@ -114,7 +113,7 @@ def accuracy_report(prompts: list[dict], responses: list[list[str]], judge) -> d
     return {"instruction_accuracy": instruction, "instruction_accuracy_ci95": instruction_ci,
             "rubric_accuracy": rubric, "rubric_accuracy_ci95": rubric_ci,
             "per_type": {t: type_passed[t] / type_total[t] for t in sorted(type_total)},
-            "mean_length": sum(lengths) / len(lengths), "n_responses": len(lengths)}
+            "mean_words": sum(lengths) / len(lengths), "n_responses": len(lengths)}
 
 
 # ----------------------------------------------------------------------------- generate and score
@@ -133,23 +132,18 @@ def generate_texts(model, tokenizer, prompts: list[dict], n_samples: int, max_ne
     was_training = model.training
     model.eval()
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    prompt_ids = encode_prompts(tokenizer, prompts)
-    texts = {}
-    for mode, group_size in (("greedy", 1), ("sampled", n_samples)):
-        if group_size == 0:
-            continue
-        step = prompts_per_chunk([len(p) for p in prompt_ids], group_size, max_new_tokens, max_batch_tokens)
-        texts[mode] = []
-        for start in tqdm(range(0, len(prompts), step), desc=f"eval {mode}", unit="batch", disable=not progress):
-            response_ids, token_mask = generate(model, tokenizer, prompt_ids[start:start + step], group_size,
-                                                max_new_tokens, max_batch_tokens, greedy=mode == "greedy",
-                                                generator=generator, **sampling)  # (B', G, T)
-            texts[mode] += decode_responses(tokenizer, response_ids, token_mask)
+    prompt_ids, texts = encode_prompts(tokenizer, prompts), {}
+    for mode, group_size in (("greedy", 1), ("sampled", n_samples)) if n_samples else (("greedy", 1),):
+        response_ids, token_mask = generate(model, tokenizer, prompt_ids, group_size, max_new_tokens, max_batch_tokens,
+                                            greedy=mode == "greedy", generator=generator,
+                                            progress=f"eval {mode}" if progress else "", **sampling)  # (B, G, T)
+        texts[mode] = decode_responses(tokenizer, response_ids, token_mask)
     model.train(was_training)
     return texts
 
 
-def evaluate(model, tokenizer, prompts: list[dict], judge, n_samples: int = 4, max_new_tokens: int = 31,
+def evaluate(model, tokenizer, prompts: list[dict], judge, n_samples: int = 4,
+             max_new_tokens: int = rubric_world.MAX_NEW_TOKENS,
              seed: int = 0, max_batch_tokens: int = UNLIMITED, progress: bool = False, **sampling) -> dict:
     """Greedy (1 response per prompt) and sampled (n_samples per prompt) accuracy of a policy on prompts.
 
@@ -192,12 +186,6 @@ def group_rows(prompts: list[dict], rows: list[dict]) -> tuple[list[dict], list[
     return [prompts[i] for i in sorted(groups)], [groups[i] for i in sorted(groups)]
 
 
-def score_responses(prompts: list[dict], rows: list[dict], judge) -> dict:
-    """Accuracy of existing responses (group_rows); prompts without a row are left out of n_prompts."""
-    scored, groups = group_rows(prompts, rows)
-    return {"n_prompts": len(scored), **accuracy_report(scored, groups, judge)}
-
-
 def item_rows(prompts: list[dict], texts: dict[str, list], judges: dict) -> list[dict]:
     """One row per prompt for inspection: every response with each judge's per-rubric verdicts."""
     tables = {(mode, name): verdicts(prompts, groups, judge) for mode, groups in texts.items()
@@ -232,7 +220,7 @@ class EvalArgs:
     temperature: float = arg(1.0, "sampling temperature")
     top_p: float = arg(1.0, "nucleus sampling")
     top_k: int = arg(0, "top-k sampling (0 = off)")
-    max_new_tokens: int = arg(0, "response length cap (0: 31 on Rubric World, else 256)")
+    max_new_tokens: int = arg(0, "response length cap (0: Rubric World's 31, else 256)")
     max_batch_tokens: int = arg(16384, "sequence positions per generation chunk")
     device: str = arg("cpu", "torch device")
     dtype: str = arg("auto", "auto | float32 | bfloat16")
@@ -261,12 +249,15 @@ def print_table(result: dict, judges: list[str]) -> None:
         for mode, r in result[name].items():
             ci_i, ci_r = r["instruction_accuracy_ci95"], r["rubric_accuracy_ci95"]
             print(f"{name + ' / ' + mode:>18} | {r['instruction_accuracy']:.3f} [{ci_i[0]:.3f}, {ci_i[1]:.3f}]{'':>6} | "
-                  f"{r['rubric_accuracy']:.3f} [{ci_r[0]:.3f}, {ci_r[1]:.3f}]{'':>6} | {r['mean_length']:5.1f} | "
+                  f"{r['rubric_accuracy']:.3f} [{ci_r[0]:.3f}, {ci_r[1]:.3f}]{'':>6} | {r['mean_words']:5.1f} | "
                   f"{r['n_responses']}")
 
 
 def main(argv: list[str]) -> dict:
-    (args,) = HfArgumentParser(EvalArgs).parse_args_into_dataclasses(args=argv)
+    try:
+        (args,) = HfArgumentParser(EvalArgs).parse_args_into_dataclasses(args=argv)
+    except ValueError as error:                                                  # an unknown flag, a typo
+        raise SystemExit(f"{error} (python eval.py --help lists every flag)") from error
     if args.checkpoint and args.responses:
         raise SystemExit("give --checkpoint (generate and score) or --responses (score), not both")
     start = time.time()
@@ -280,14 +271,14 @@ def main(argv: list[str]) -> dict:
                 model, tokenizer, _ = policies.load_checkpoint_policy(args.checkpoint, args.device)
             else:
                 model, tokenizer = policies.load_policy(args.policy, args.device, args.dtype)
-            max_new = args.max_new_tokens or (31 if source["data"] == "rubric_world" else 256)
+            max_new = args.max_new_tokens or (rubric_world.MAX_NEW_TOKENS if source["data"] == "rubric_world" else 256)
             texts = generate_texts(model, tokenizer, prompts, args.samples, max_new, args.seed, args.max_batch_tokens,
                                    progress=True, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
             source.update(max_new_tokens=max_new, threads=torch.get_num_threads(), device=args.device)
+        result = {name: {mode: accuracy_report(prompts, groups, judge) for mode, groups in texts.items()}
+                  for name, judge in judges.items()}
     except (OSError, ValueError) as error:
         raise SystemExit(f"cannot evaluate: {error}") from error
-    result = {name: {mode: accuracy_report(prompts, groups, judge) for mode, groups in texts.items()}
-              for name, judge in judges.items()}
     first = result[next(iter(judges))]
     headline = first["sampled" if "sampled" in first else next(iter(first))]
     result = {"n_prompts": len(prompts), "instruction_accuracy": headline["instruction_accuracy"],

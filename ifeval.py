@@ -23,8 +23,8 @@ Offline.  lm-eval counts sentences with NLTK's Punkt English model, which NLTK d
           download) as an NLTK `punkt_tab` directory under cache/nltk_data once, and point NLTK there before
           lm-eval is imported. langdetect is seeded (DetectorFactory.seed = 0) so language checks are reproducible.
 
-Deviations from the paper:
-  1. lm-eval's count_sentences loads the pickled punkt model (`punkt/english.pickle`), which current NLTK
+Deviations (numbered as in the README's list, tagged `# DEVIATION(n)` in the code):
+  9. lm-eval's count_sentences loads the pickled punkt model (`punkt/english.pickle`), which current NLTK
      refuses to unpickle; we hand it NLTK's PunktTokenizer over the identical `punkt_tab` English parameters.
 
 Use:      python eval.py --data ifeval --policy smollm2          # generate, then score (strict and loose)
@@ -84,7 +84,7 @@ def library():
     from lm_eval.tasks.ifeval import instructions_registry, instructions_util, utils
 
     sentence_splitter = nltk.tokenize.PunktTokenizer("english")
-    instructions_util._get_sentence_tokenizer = lambda: sentence_splitter   # DEVIATION(1)
+    instructions_util._get_sentence_tokenizer = lambda: sentence_splitter   # DEVIATION(9)
     langdetect.DetectorFactory.seed = 0
     return utils, instructions_registry
 

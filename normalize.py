@@ -19,16 +19,16 @@ Numerics: statistics over valid tokens only, population std, eps added, so tied 
           second pass subtracts the mean of the deviations (0 in exact arithmetic), which removes the
           rounding error of the first mean, so a constant row is exactly 0 and uniform relevance gives
           GRPO bit for bit (one pass leaves ~1e-8, which (r − μ)/(σ + ε) turns into ~0.01).
-          The masked sums are einsums: "bgkt,bgt->bgk" reads "for every (b, g, k), sum over t of r·w".
+          The masked sums are einsums: "bgkt,bgt->bgk" reads "for every (b, g, k), sum over t of r·valid".
           Intra-sample uses these per-response sums as they are; inter-sample adds them up over g.
 
-Deviations from the paper (tagged `# DEVIATION(n)` in the code):
-  1. eps is added to the std (GRPO and token level) so a tied group gives 0 instead of NaN.
-  2. The authors' code moves [G, K, T] to [K, G, T] with reshape instead of a transpose, mixing
+Deviations (numbered as in the README's list, tagged `# DEVIATION(n)` in the code):
+  1. The authors' code moves [G, K, T] to [K, G, T] with reshape instead of a transpose, mixing
      responses (RTT_SPEC §6.1); we never reshape across G and K. tests/test_normalize.py proves that
      changing response j leaves response i's intra-sample advantage unchanged.
   3. The "rubric_mean" variant normalises per prompt; the authors' version spans several prompts
      (RTT_SPEC §6.3).
+  4. eps is added to the std (GRPO and token level) so a tied group gives 0 instead of NaN.
 
 Demo:     python normalize.py     (the length-bias example of RTT_SPEC §5, every intermediate printed)
 """
@@ -60,7 +60,7 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     centred = rewards - rewards.mean(dim=1, keepdim=True)                         # (B, G)
     # unbiased std; with G = 1 the deviation is 0, so dividing by max(G − 1, 1) keeps it 0 (not NaN)
     std = (centred.square().sum(dim=1, keepdim=True) / max(rewards.shape[1] - 1, 1)).sqrt()  # (B, 1)
-    return centred / (std + eps)                                                  # (B, G)  DEVIATION(1)
+    return centred / (std + eps)                                                  # (B, G)  DEVIATION(4)
 
 
 def rubric_weights(rubric_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -102,14 +102,14 @@ def intra_sample_token_norm(token_rewards: torch.Tensor, token_mask: torch.Tenso
         tensor([[[ 0.5774, -1.7321,  0.5774,  0.5774]]])
     """
     _check_token_inputs(token_rewards, token_mask, rubric_mask)
-    w = token_mask.to(token_rewards.dtype)                                        # (B, G, T)     1 on real tokens
-    n = w.sum(dim=-1).clamp(min=1)[..., None]                                     # (B, G, 1)     tokens per response
-    mean = torch.einsum("bgkt,bgt->bgk", token_rewards, w) / n                    # (B, G, K)     μ = Σ_t r·w / n
+    valid = token_mask.to(token_rewards.dtype)                                    # (B, G, T)     1 on real tokens
+    n = valid.sum(dim=-1).clamp(min=1)[..., None]                                 # (B, G, 1)     tokens per response
+    mean = torch.einsum("bgkt,bgt->bgk", token_rewards, valid) / n                # (B, G, K)     μ = Σ_t r / n
     dev = token_rewards - mean[..., None]                                         # (B, G, K, T)  r − μ
-    dev -= (torch.einsum("bgkt,bgt->bgk", dev, w) / n)[..., None]                 # second pass: mean(r − μ) ≈ 0
-    dev *= w[:, :, None, :]                                                       # 0 on padding
+    dev -= (torch.einsum("bgkt,bgt->bgk", dev, valid) / n)[..., None]             # second pass: mean(r − μ) ≈ 0
+    dev *= valid[:, :, None, :]                                                   # 0 on padding
     std = (torch.einsum("bgkt,bgkt->bgk", dev, dev) / n).sqrt()                   # (B, G, K)     σ, population
-    coef = rubric_weights(rubric_mask, dev.dtype)[:, None, :] / (std + eps)       # (B, G, K)     c_k / (σ_k + ε)  DEVIATION(1)
+    coef = rubric_weights(rubric_mask, dev.dtype)[:, None, :] / (std + eps)       # (B, G, K)     c_k / (σ_k + ε)  DEVIATION(4)
     return torch.einsum("bgkt,bgk->bgt", dev, coef)                               # (B, G, T)     Σ_k c_k (r − μ_k) / (σ_k + ε)
 
 
@@ -126,14 +126,14 @@ def inter_sample_token_norm(token_rewards: torch.Tensor, token_mask: torch.Tenso
     Shapes: as intra_sample_token_norm.
     """
     _check_token_inputs(token_rewards, token_mask, rubric_mask)
-    w = token_mask.to(token_rewards.dtype)                                        # (B, G, T)
-    n = w.sum(dim=(1, 2)).clamp(min=1)[:, None]                                   # (B, 1)        tokens per group
-    mean = torch.einsum("bgkt,bgt->bgk", token_rewards, w).sum(dim=1) / n         # (B, K)        μ, over G and T
+    valid = token_mask.to(token_rewards.dtype)                                    # (B, G, T)
+    n = valid.sum(dim=(1, 2)).clamp(min=1)[:, None]                               # (B, 1)        tokens per group
+    mean = torch.einsum("bgkt,bgt->bgk", token_rewards, valid).sum(dim=1) / n     # (B, K)        μ, over G and T
     dev = token_rewards - mean[:, None, :, None]                                  # (B, G, K, T)  r − μ
-    dev -= (torch.einsum("bgkt,bgt->bgk", dev, w).sum(dim=1) / n)[:, None, :, None]  # second pass
-    dev *= w[:, :, None, :]                                                       # 0 on padding
+    dev -= (torch.einsum("bgkt,bgt->bgk", dev, valid).sum(dim=1) / n)[:, None, :, None]  # second pass
+    dev *= valid[:, :, None, :]                                                   # 0 on padding
     std = (torch.einsum("bgkt,bgkt->bgk", dev, dev).sum(dim=1) / n).sqrt()        # (B, K)        σ, population
-    coef = rubric_weights(rubric_mask, dev.dtype) / (std + eps)                   # (B, K)        DEVIATION(1)
+    coef = rubric_weights(rubric_mask, dev.dtype) / (std + eps)                   # (B, K)        DEVIATION(4)
     coef = coef[:, None, :].expand(dev.shape[:3])                                 # (B, G, K)     same for every g
     return torch.einsum("bgkt,bgk->bgt", dev, coef)                               # (B, G, T)
 
@@ -151,14 +151,14 @@ def rubric_mean_token_norm(token_rewards: torch.Tensor, token_mask: torch.Tensor
     _check_token_inputs(token_rewards, token_mask, rubric_mask)
     c = rubric_weights(rubric_mask, token_rewards.dtype)                          # (B, K)
     rubric_mean = torch.einsum("bgkt,bk->bgt", token_rewards, c)                  # (B, G, T)     r̄
-    w = token_mask.to(token_rewards.dtype)                                        # (B, G, T)
-    n = w.sum(dim=(1, 2)).clamp(min=1)[:, None, None]                             # (B, 1, 1)
-    mean = (rubric_mean * w).sum(dim=(1, 2), keepdim=True) / n                    # (B, 1, 1)     μ
+    valid = token_mask.to(token_rewards.dtype)                                    # (B, G, T)
+    n = valid.sum(dim=(1, 2)).clamp(min=1)[:, None, None]                         # (B, 1, 1)
+    mean = (rubric_mean * valid).sum(dim=(1, 2), keepdim=True) / n                # (B, 1, 1)     μ
     dev = rubric_mean - mean                                                      # (B, G, T)     r̄ − μ
-    dev -= (dev * w).sum(dim=(1, 2), keepdim=True) / n                            # second pass
-    dev *= w                                                                      # 0 on padding
+    dev -= (dev * valid).sum(dim=(1, 2), keepdim=True) / n                        # second pass
+    dev *= valid                                                                  # 0 on padding
     std = ((dev * dev).sum(dim=(1, 2), keepdim=True) / n).sqrt()                  # (B, 1, 1)     σ
-    return dev / (std + eps)                                                      # (B, G, T)     DEVIATION(1)
+    return dev / (std + eps)                                                      # (B, G, T)     DEVIATION(4)
 
 
 def rubric_softmax_token_norm(token_rewards: torch.Tensor, token_mask: torch.Tensor, rubric_mask: torch.Tensor,
@@ -174,9 +174,10 @@ def rubric_softmax_token_norm(token_rewards: torch.Tensor, token_mask: torch.Ten
     if rubric_scores.shape != token_rewards.shape[:3]:
         raise ValueError(f"rubric_scores must be (B, G, K) = {tuple(token_rewards.shape[:3])}, "
                          f"got {tuple(rubric_scores.shape)}")
-    per_rubric_adv = group_advantages(rubric_scores.transpose(1, 2).flatten(0, 1), eps)  # (B·K, G)  transpose, never reshape
-    per_rubric_adv = per_rubric_adv.unflatten(0, rubric_scores.shape[0:3:2]).transpose(1, 2)  # (B, G, K)  Â_k
-    relevance = token_rewards * rubric_scores[..., None]                          # (B, G, K, T)  w
+    b_size, _, k_size = rubric_scores.shape
+    per_rubric_adv = group_advantages(rubric_scores.transpose(1, 2).flatten(0, 1), eps)  # (B·K, G)  DEVIATION(1): transpose
+    per_rubric_adv = per_rubric_adv.unflatten(0, (b_size, k_size)).transpose(1, 2)  # (B, G, K)  Â_k
+    relevance = token_rewards * rubric_scores[..., None]                          # (B, G, K, T)  w = r·s, as s² = 1
     logits = relevance.masked_fill(~rubric_mask[:, None, :, None], float("-inf"))  # (B, G, K, T)
     share = torch.softmax(logits, dim=2)                                          # (B, G, K, T)  over rubrics
     spread = (share * per_rubric_adv[..., None]).sum(dim=2)                       # (B, G, T)

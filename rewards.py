@@ -185,7 +185,7 @@ class LLMJudge:
     Logs:     judge.log gets {"prompt", "rubric", "answer" (raw text), "verdict"} per question;
               judge.stats counts "yes", "no", "unparsed" (scored NO) and "empty" (empty responses, NO unasked).
     The model stops at tokenizer.eos_token_id: for a chat model make that the end-of-turn token first
-    (real_models.use_chat_eos does). A rubric's criterion is its "description".
+    (policies.use_chat_eos does). A rubric's criterion is its "description".
     """
 
     def __init__(self, model, tokenizer, batch_size: int = 16, max_new_tokens: int = 4):

@@ -12,7 +12,7 @@ Sampling. A KV-cached loop over the model's forward: prompts are left-padded (po
           tokens only), every sequence stops at its own EOS and is padded after it. Temperature, top-k and
           top-p as in HF generate; `generator` makes it reproducible. Special tokens other than EOS (pad,
           bos, unk, sep) are never sampled, and response_logprobs() scores tokens under that same
-          distribution (softmax over the allowed tokens), so log π is the sampler's own.
+          tempered distribution (softmax(z / τ) over the allowed tokens), so log π is the sampler's own.
 Memory.   generate() splits the prompts so that one chunk holds at most `max_batch_tokens` sequence
           positions (rows × (prompt + max_new_tokens)): the KV cache of a 4B model at G = 8 and 4096 new
           tokens does not fit in one batch. microbatches() slices the N rows the same way for the log-prob
@@ -24,6 +24,8 @@ Demo:     python policies.py    (the warm-start toy policy samples a few respons
 import math
 
 import torch
+from torch.utils.checkpoint import checkpoint
+from tqdm import tqdm
 
 # Dimension legend (identical in every file):
 #   B prompts in the batch        G responses per prompt (group)     N = B*G responses, flattened
@@ -109,7 +111,8 @@ def prompts_per_chunk(prompt_lengths: list[int], group_size: int, max_new_tokens
 @torch.no_grad()
 def generate(model, tokenizer, prompt_ids: list[list[int]], group_size: int, max_new_tokens: int,
              max_batch_tokens: int = UNLIMITED, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-             greedy: bool = False, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             greedy: bool = False, generator: torch.Generator | None = None,
+             progress: str = "") -> tuple[torch.Tensor, torch.Tensor]:
     """Sample G responses per prompt, in chunks of prompts that fit `max_batch_tokens`; one T for all.
 
     Shapes:
@@ -117,14 +120,15 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], group_size: int, max
         returns      response_ids (B, G, T) long, pad after EOS;  token_mask (B, G, T) bool, True up to and
                      including EOS (all True for a response cut at max_new_tokens); T <= max_new_tokens
     `generator` must live on the model's device. With one generator the random stream is consumed chunk
-    after chunk, so a different budget gives different (equally valid) samples.
+    after chunk, so a different budget gives different (equally valid) samples. `progress`: a tqdm bar's label.
     """
     if group_size < 1 or max_new_tokens < 1 or max_batch_tokens < 1:
         raise ValueError(f"group_size, max_new_tokens and max_batch_tokens must be >= 1, got {group_size}, "
                          f"{max_new_tokens}, {max_batch_tokens}")
     step = prompts_per_chunk([len(p) for p in prompt_ids], group_size, max_new_tokens, max_batch_tokens)
+    starts = tqdm(range(0, len(prompt_ids), step), desc=progress, unit="chunk", disable=not progress)
     chunks = [_generate_batch(model, tokenizer, prompt_ids[i:i + step], group_size, max_new_tokens, temperature,
-                              top_p, top_k, greedy, generator) for i in range(0, len(prompt_ids), step)]
+                              top_p, top_k, greedy, generator) for i in starts]
     width = max(ids.shape[-1] for ids, _ in chunks)                              # T
     pad = torch.nn.functional.pad
     response_ids = torch.cat([pad(ids, (0, width - ids.shape[-1]), value=tokenizer.pad_token_id)
@@ -135,47 +139,65 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], group_size: int, max
 
 def _generate_batch(model, tokenizer, prompt_ids, group_size, max_new_tokens, temperature, top_p, top_k, greedy,
                     generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """One batch of B·G rows, KV-cached; each row stops at its own EOS. -> (B, G, T) ids and mask."""
+    """One batch of B·G rows, KV-cached; each row stops at its own EOS. -> (B, G, T) ids and mask.
+
+    The prompt is read once per PROMPT (B rows) and its KV cache repeated for the G responses: with IFEval's
+    ~370-token chat prompts the prefill is most of the work, and G identical copies of it would be wasted.
+    """
     device = next(model.parameters()).device
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-    repeated = [ids for ids in prompt_ids for _ in range(group_size)]            # N = B*G, prompt-major
-    input_ids, attention_mask = left_pad(repeated, pad_id, device)                # (N, P), (N, P)
-    position_ids = positions(attention_mask)                                      # (N, P)
+    input_ids, attention_mask = left_pad(prompt_ids, pad_id, device)             # (B, P), (B, P)
+    position_ids = positions(attention_mask)                                      # (B, P)
+    out = model(input_ids=input_ids, attention_mask=attention_mask.long(), position_ids=position_ids,
+                use_cache=True, logits_to_keep=1)                                 # the LM head on the last position
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(group_size)                                     # (B·G) rows, prompt-major
+    logits = out.logits[:, -1].repeat_interleave(group_size, dim=0)               # (N, V)
+    attention_mask = attention_mask.repeat_interleave(group_size, dim=0)          # (N, P)
+    position_ids = position_ids[:, -1:].repeat_interleave(group_size, dim=0)      # (N, 1)
     suppress = suppressed_token_mask(tokenizer, model.config.vocab_size).to(device)  # (V,)
-    n_rows = len(repeated)
+    n_rows = len(prompt_ids) * group_size
     response_ids = torch.full((n_rows, max_new_tokens), pad_id, dtype=torch.long, device=device)  # (N, T)
     token_mask = torch.zeros(n_rows, max_new_tokens, dtype=torch.bool, device=device)           # (N, T)
     finished = torch.zeros(n_rows, dtype=torch.bool, device=device)                              # (N,)
-    cache, step_ids, n_steps = None, input_ids, 0
+    n_steps = 0
     for t in range(max_new_tokens):
-        out = model(input_ids=step_ids, attention_mask=attention_mask.long(), position_ids=position_ids,
-                    past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
-        logits = out.logits[:, -1].float().masked_fill(suppress, -math.inf)      # (N, V)
-        next_ids = sample_next(logits, temperature, top_k, top_p, greedy, generator)  # (N,)
+        next_ids = sample_next(logits.float().masked_fill(suppress, -math.inf), temperature, top_k, top_p, greedy,
+                               generator)                                         # (N,)
         response_ids[:, t] = next_ids.masked_fill(finished, pad_id)
         token_mask[:, t] = ~finished
         finished = finished | (next_ids == eos_id)
         n_steps = t + 1
-        if bool(finished.all()):
+        if bool(finished.all()) or t + 1 == max_new_tokens:
             break
-        step_ids = next_ids[:, None]                                              # (N, 1)
-        position_ids = position_ids[:, -1:] + 1                                   # (N, 1)
+        position_ids = position_ids + 1                                           # (N, 1)
         attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
+        out = model(input_ids=next_ids[:, None], attention_mask=attention_mask.long(), position_ids=position_ids,
+                    past_key_values=cache, use_cache=True)                        # one new position per row
+        cache, logits = out.past_key_values, out.logits[:, -1]                    # (N, V)
     shape = (len(prompt_ids), group_size, n_steps)
     return response_ids[:, :n_steps].reshape(shape), token_mask[:, :n_steps].reshape(shape)  # (B, G, T)
 
 
 # ----------------------------------------------------------------------------- log-probabilities
-def response_logprobs(model, prompt_ids: list[list[int]], response_ids: torch.Tensor,
-                      token_mask: torch.Tensor, tokenizer=None) -> torch.Tensor:
-    """log π(o_t | q, o_<t) for every response token in one batched forward, in float32, 0 on padding.
+def response_logprobs(model, prompt_ids: list[list[int]], response_ids: torch.Tensor, token_mask: torch.Tensor,
+                      tokenizer=None, temperature: float = 1.0) -> torch.Tensor:
+    """log π_τ(o_t | q, o_<t) = log softmax(z_t / τ)[o_t] for every response token, float32, 0 on padding.
+
+    The sampler drew o_t from softmax(z_t / τ) (then top-k / top-p), so the PPO ratio uses the TEMPERED log-prob,
+    as TRL and verl do; top-k / top-p are not applied here: a token outside the kept set is never sampled, and
+    both sides of the ratio use the same full tempered distribution. With `tokenizer`, special tokens other than
+    EOS are excluded from the softmax exactly as in generate().
+
+    Memory: the backbone runs on prompt + response, the LM head (V logits per position) on the response tokens
+    only, LOGIT_CHUNK positions at a time, each chunk recomputed in backward (activation checkpointing), so the
+    logits held at once are LOGIT_CHUNK × V, never (N, P + T, V): for a 1500-token prompt and a 150k vocabulary
+    those would be ~1 GB per row.
 
     Shapes:
         prompt_ids    N token lists (one per response row), or B lists when response_ids is (B, G, T)
         response_ids  (N, T) or (B, G, T) long;  token_mask the same shape, bool
         returns       the shape of response_ids, float32
-    With `tokenizer`, special tokens other than EOS are excluded from the softmax exactly as in generate().
     """
     if token_mask.shape != response_ids.shape or token_mask.dtype != torch.bool:
         raise ValueError(f"token_mask must be bool with the shape of response_ids {tuple(response_ids.shape)}, "
@@ -184,24 +206,44 @@ def response_logprobs(model, prompt_ids: list[list[int]], response_ids: torch.Te
         b_size, g_size, t_size = response_ids.shape
         rows = [ids for ids in prompt_ids for _ in range(g_size)]
         flat = response_logprobs(model, rows, response_ids.reshape(-1, t_size), token_mask.reshape(-1, t_size),
-                                 tokenizer)                                       # (N, T)
+                                 tokenizer, temperature)                          # (N, T)
         return flat.reshape(b_size, g_size, t_size)                               # (B, G, T)
     if response_ids.dim() != 2 or len(prompt_ids) != response_ids.shape[0]:
         raise ValueError(f"need response_ids (N, T) with N = len(prompt_ids) = {len(prompt_ids)}, "
                          f"got {tuple(response_ids.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if getattr(model.config, "final_logit_softcapping", None):                   # Gemma 2: the head is not all
+        raise ValueError("the policy soft-caps its logits after the LM head; response_logprobs applies the head alone")
     device = next(model.parameters()).device
     pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     prompt_tensor, prompt_mask = left_pad(prompt_ids, pad_id, device)             # (N, P)
-    input_ids = torch.cat([prompt_tensor, response_ids.to(device)], dim=1)       # (N, P+T)
-    attention_mask = torch.cat([prompt_mask, token_mask.to(device)], dim=1)      # (N, P+T)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask.long(),
-                   position_ids=positions(attention_mask)).logits                 # (N, P+T, V)
-    width = prompt_tensor.shape[1]
-    logits = logits[:, width - 1:-1].float()                                      # (N, T, V) predicts o_t
-    if tokenizer is not None:
-        logits = logits.masked_fill(suppressed_token_mask(tokenizer, logits.shape[-1]).to(device), -math.inf)
-    logp = logits.log_softmax(dim=-1).gather(-1, response_ids.to(device)[..., None]).squeeze(-1)  # (N, T)
-    return logp.masked_fill(~token_mask.to(device), 0.0)                          # (N, T)
+    response_ids, token_mask = response_ids.to(device), token_mask.to(device)    # (N, T)
+    attention_mask = torch.cat([prompt_mask, token_mask], dim=1)                 # (N, P+T)
+    hidden = model.base_model(input_ids=torch.cat([prompt_tensor, response_ids], dim=1), position_ids=positions(
+        attention_mask), attention_mask=attention_mask.long()).last_hidden_state  # (N, P+T, H)
+    hidden = hidden[:, prompt_tensor.shape[1] - 1:-1][token_mask]                 # (n, H) the states predicting o_t
+    targets = response_ids[token_mask]                                            # (n,)
+    suppress = None if tokenizer is None else suppressed_token_mask(tokenizer, model.config.vocab_size).to(device)
+    head = model.get_output_embeddings()
+    pieces = []
+    for start in range(0, hidden.shape[0], LOGIT_CHUNK):
+        chunk = (hidden[start:start + LOGIT_CHUNK], targets[start:start + LOGIT_CHUNK], head, temperature, suppress)
+        pieces.append(checkpoint(_chunk_logprobs, *chunk, use_reentrant=False) if torch.is_grad_enabled()
+                      else _chunk_logprobs(*chunk))                               # (n_chunk,)
+    logp = torch.zeros(token_mask.shape, dtype=torch.float32, device=device)     # (N, T), 0 on padding
+    return logp.masked_scatter(token_mask, torch.cat(pieces)) if pieces else logp
+
+
+LOGIT_CHUNK = 1024                            # response positions per LM-head call in response_logprobs
+
+
+def _chunk_logprobs(hidden, targets, head, temperature: float, suppress) -> torch.Tensor:
+    """log softmax(head(h) / τ)[target] for one chunk of positions. (n, H), (n,) -> (n,) float32."""
+    logits = head(hidden).float() / temperature                                   # (n, V)
+    if suppress is not None:
+        logits = logits.masked_fill(suppress, -math.inf)
+    return logits.log_softmax(dim=-1).gather(-1, targets[:, None]).squeeze(-1)    # (n,)
 
 
 def microbatches(n_rows: int, row_tokens: int, max_batch_tokens: int) -> list[slice]:

@@ -146,4 +146,4 @@ if __name__ == "__main__":
     loss, metrics = policy_loss(logp, old_logp, advantages, token_mask)
     loss.backward()
     print("loss:", loss.item(), "| metrics:", {k: round(v, 4) for k, v in metrics.items()})
-    print("d loss / d logp (0 on the padded token):\n", logp.grad)
+    print("d loss / d logp (0 on the padded token [0, 3], and on [0, 2], whose ratio is clipped):\n", logp.grad)

@@ -62,10 +62,10 @@ Minimal modifications (the ground truth for token relevance, RTT_SPEC §4).  vio
           violate(), for a failing one the violating side of repair(); rows where no single-rubric edit
           exists (e.g. a response over MAX_WORDS) stay all 0.
 
-Deviations from the paper (tagged `# DEVIATION(n)` in the code):
-  1. The paper's positives and minimal modifications are written by an LLM; here they are constructed
+Deviations (numbered as in the README's list, tagged `# DEVIATION(n)` in the code):
+  5. The paper's positives and minimal modifications are written by an LLM; here they are constructed
      by code, so the labels are exact (up to the identifiability limits in the table above).
-  2. The greedy baseline's "LLM" is a rule that quotes every occurrence of the words a rubric names.
+  8. The greedy baseline's "LLM" is a rule that quotes every occurrence of the words a rubric names.
 
 Demo:     python rubric_world.py     (prompts, a satisfying response, a violated one and its diff labels)
 """
@@ -666,10 +666,10 @@ def rubric_world_examples(prompts: list[dict], tokenizer, seed: int = 0) -> list
 
 
 def rubric_world_quote(rubric: dict, words: list[str]) -> str:
-    """The greedy baseline's answer on Rubric World, written by a rule instead of an LLM (DEVIATION(2)):
+    """The greedy baseline's answer on Rubric World, written by a rule instead of an LLM (DEVIATION(8)):
     it quotes the words the rubric names, the capitalised words ("lowercase") or the ';' ("parts"), the whole
     response for "length", and answers "none" when nothing it would quote is present."""
-    if rubric["type"] == "length":                     # DEVIATION(2): a rule writes what an LLM would quote
+    if rubric["type"] == "length":                     # DEVIATION(8): a rule writes what an LLM would quote
         return json.dumps({"relevance": "all"})
     named = [rubric["args"][key] for key in ("word", "first", "second") if key in rubric["args"]]
     if rubric["type"] == "lowercase":

@@ -16,7 +16,8 @@ import time
 import torch
 from tqdm import tqdm
 
-from files import keep_lines
+import policies
+from files import keep_lines, write_text
 
 RUN_FILES = ("metrics.jsonl", "evals.jsonl", "samples.txt", "ckpt.pt", "summary.json", "start_eval.json")
 
@@ -59,9 +60,8 @@ class Logger:
     def log_eval(self, step: int, result: dict) -> None:
         with open(os.path.join(self.out_dir, "evals.jsonl"), "a") as f:
             f.write(json.dumps({"step": step, **result}) + "\n")
-        tqdm.write(f"step {step:5d} | val instruction acc {result['sampled']['instruction_accuracy']:.3f} "
-                   f"(greedy {result['greedy']['instruction_accuracy']:.3f}) | rubric acc "
-                   f"{result['sampled']['rubric_accuracy']:.3f}")
+        tqdm.write(f"step {step:5d} | val instruction acc {result['instruction_accuracy']:.3f} (greedy "
+                   f"{result['greedy']['instruction_accuracy']:.3f}) | rubric acc {result['rubric_accuracy']:.3f}")
 
 
 def token_cells(tokenizer, ids: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor) -> list[tuple[str, float]]:
@@ -168,7 +168,8 @@ def step_metrics(rubric_scores, rubric_mask, resp_reward, resp_adv, tok_adv, rel
         "rubric/pass_rate": (passed.sum() / (rubric_mask.sum() * rubric_scores.shape[1])).item(),
         "adv/resp_abs_mean": resp_adv.abs().mean().item(),
         "adv/token_abs_mean": (tok_adv.abs().sum() / token_mask.sum().clamp(min=1)).item(),
-        "relevance/mean": (relevance.sum() / (token_mask.sum() * rubric_mask.shape[1]).clamp(min=1)).item(),
+        "relevance/mean": (relevance.sum() / (token_mask.sum(-1) * rubric_mask.sum(-1, keepdim=True)).sum().clamp(min=1)
+                           ).item(),                                             # mean w over real (token, rubric) pairs
         "completions/mean_length": token_mask.sum(-1).float().mean().item(),
         "completions/frac_truncated": (token_mask[..., -1] & (response_ids[..., -1] != eos_id)).float().mean().item()}
 
@@ -183,37 +184,53 @@ def collapse_warning(first: dict, now: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def save_checkpoint(path: str, model, optimizer, scheduler, step: int, config: dict) -> None:
-    """Everything needed to resume, in one file, written atomically (a crash mid-write keeps the previous one)."""
+def save_checkpoint(path: str, model, optimizer, scheduler, step: int, config: dict, run_state: dict,
+                    generators: dict) -> None:
+    """Everything needed to resume exactly, in one file, written atomically (a crash mid-write keeps the previous
+    one): weights, optimiser, schedule, config, `run_state` (e.g. the collapse guard's reference metrics), and the
+    state of the global random generators and of the run's own `generators` ({name: torch.Generator})."""
     state = {"policy": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "step": step, "config": config, "rng": {"python": random.getstate(), "torch": torch.get_rng_state()}}
+             "step": step, "config": config, "run_state": run_state,
+             "rng": {"python": random.getstate(), "torch": torch.get_rng_state(),
+                     **{name: generator.get_state() for name, generator in generators.items()}}}
     torch.save(state, path + ".tmp")
     os.replace(path + ".tmp", path)
 
 
 def load_checkpoint(path: str, config: dict, run_defining: tuple[str, ...]) -> dict:
-    """A checkpoint of THIS run (the same values of the run-defining fields); SystemExit saying why not."""
+    """A checkpoint of THIS run (the same values of the run-defining fields), read without executing code
+    (policies.read_checkpoint); SystemExit saying why not."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:
-        raise SystemExit(f"cannot read checkpoint {path!r}: {type(error).__name__}: {error}") from error
-    if not isinstance(state, dict) or not {"policy", "optimizer", "step", "config"} <= set(state):
-        raise SystemExit(f"{path!r} is not a train.py checkpoint (missing policy/optimizer/step/config)")
+        state = policies.read_checkpoint(path)
+    except ValueError as error:
+        raise SystemExit(str(error)) from error
     differing = {k: (state["config"].get(k), config[k]) for k in run_defining if state["config"].get(k) != config[k]}
     if differing:
         raise SystemExit(f"checkpoint {path!r} was made with another config (checkpoint vs now): {differing}")
+    if not {"optimizer", "scheduler", "rng", "run_state"} <= set(state):
+        raise SystemExit(f"{path!r} is not a resumable train.py checkpoint (missing optimizer/scheduler/rng/run_state)")
     return state
 
 
-def resume(path: str, config: dict, run_defining: tuple[str, ...], model, optimizer, scheduler) -> int:
-    """Load the checkpoint's weights, optimiser, schedule and random state; drop log lines written after it."""
+def resume(path: str, config: dict, run_defining: tuple[str, ...], model, optimizer, scheduler,
+           generators: dict) -> dict:
+    """Load the checkpoint's weights, optimiser, schedule and random states (into `generators` too); drop the log
+    lines and samples written after it (those steps are redone). Returns {"step": where to go on, **run_state}."""
     state = load_checkpoint(path, config, run_defining)
     model.load_state_dict(state["policy"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     random.setstate(state["rng"]["python"])
     torch.set_rng_state(state["rng"]["torch"])
-    keep_lines(os.path.join(config["out_dir"], "metrics.jsonl"), lambda row: row["step"] < state["step"])  # redone
-    keep_lines(os.path.join(config["out_dir"], "evals.jsonl"), lambda row: row["step"] <= state["step"])
-    print(f"resumed from {path} at step {state['step']}")
-    return state["step"]
+    for name, generator in generators.items():
+        generator.set_state(state["rng"][name])
+    step, out_dir = state["step"], config["out_dir"]
+    keep_lines(os.path.join(out_dir, "metrics.jsonl"), lambda row: row["step"] < step)
+    keep_lines(os.path.join(out_dir, "evals.jsonl"), lambda row: row["step"] <= step)
+    samples = os.path.join(out_dir, "samples.txt")
+    if os.path.exists(samples):                                                  # blocks start "===== step N ====="
+        with open(samples) as f:
+            blocks = f.read().split("\n===== step ")
+        write_text(samples, "\n===== step ".join(blocks[:1] + [b for b in blocks[1:] if int(b.split()[0]) < step]))
+    print(f"resumed from {path} at step {step}")
+    return {"step": step, **state["run_state"]}

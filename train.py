@@ -5,8 +5,8 @@ Paper:    RTT §3 (the training step); RTT_SPEC.md §3 steps 1–9, the authors'
 Run:      python train.py                 # toy preset: Rubric World, tiny policy, CPU, minutes
           python train.py --lam 0         # the same run as plain GRPO;  --help lists every flag
           python train.py smollm2         # SmolLM2-135M-Instruct on IFEval prompts;  paper: the authors' settings
-Outputs:  out_dir/metrics.jsonl (one line per step), samples.txt (responses, verdicts, token advantages),
-          evals.jsonl, ckpt.pt, summary.json. An earlier run in out_dir is moved aside (out_dir-<time>).
+Outputs:  out_dir/metrics.jsonl (one line per step), samples.txt (responses, verdicts, token advantages), evals.jsonl,
+          ckpt.pt, start_eval.json, summary.json, token_advantages.png. An earlier run is moved to out_dir-<time>.
 
 One step (letters as in the dimension legend):
 
@@ -23,11 +23,13 @@ Presets.  toy (default) | smollm2 | paper: one table, PRESETS below; flags overr
 Memory.   --max_batch_tokens > 0 generates in chunks and computes log-probs and gradients in row micro-batches
           of at most that many sequence positions (gradient accumulation, the same gradient as one batch).
 
-Deviations from the paper (tagged `# DEVIATION(n)`):
-  1. The toy preset replaces the 4B–7B instruct policy, DeepSeek judge and LLM-trained discriminator with
+Deviations (numbered as in the README's list, tagged `# DEVIATION(n)`):
+  5. The toy preset replaces the 4B–7B instruct policy, DeepSeek judge and LLM-trained discriminator with
      a 2-layer policy, a rule judge and a 2-layer discriminator, all built locally (see README).
-  2. The toy preset binarises the relevance weights at 0.5 and gives the end-of-sequence token the
+  6. The toy preset binarises the relevance weights at 0.5 and gives the end-of-sequence token the
      response-level advantage only; flags restore the paper's soft weights and token-level EOS (README).
+  7. As in the authors' pipeline w = 0 at the end-of-sequence token, which our discriminator does read.
+With one pass per batch (μ = 1, the paper's runs) π_θold = π_θ: old log-probs are the current ones, detached.
 
 Logged metrics: loss/policy stays near 0 by construction (advantages have zero mean within each group) and
 says nothing about progress; judge by reward/mean and rubric/pass_rate. reward/frac_zero_std near 1 means
@@ -46,7 +48,6 @@ from tqdm import tqdm
 from transformers import HfArgumentParser
 
 import build_discriminator
-import discriminator
 import eval as evaluation
 import policies
 import rubric_world
@@ -60,7 +61,7 @@ from rtt_grpo import LOSS_AGGREGATIONS, combine_advantages, policy_loss
 
 # Every preset in one table; a field a preset does not name keeps the Config default (= the toy run).
 PRESETS = {
-    # CPU, offline, minutes. DEVIATION(2): binary relevance (soft weights under the intra-sample z-score turned a
+    # CPU, offline, minutes. DEVIATION(6): binary relevance (soft weights under the intra-sample z-score turned a
     # tiny discriminator's small, nearly constant weights into O(1) noise and the policy collapsed: README,
     # rtt-soft); the end-of-sequence token keeps only the response advantage (README, rtt-eos).
     "toy": dict(relevance_threshold=0.5, eos_token_advantage=False),
@@ -76,9 +77,10 @@ PRESETS = {
 }
 RELEVANCE_KINDS = ("discriminator", "oracle", "uniform", "random")
 # fields that define a run: a checkpoint made with other values cannot be resumed under this config
-RUN_DEFINING = ("preset", "policy", "data", "judge", "lam", "method", "reward", "norm", "relevance",
-                "relevance_threshold", "eos_token_advantage", "group_size", "prompts_per_step", "lr", "clip_low",
-                "clip_high", "kl_coef", "loss_agg", "seed")
+RUN_DEFINING = ("preset", "policy", "data", "judge", "lam", "method", "reward", "norm", "relevance", "eps",
+                "relevance_threshold", "eos_token_advantage", "group_size", "prompts_per_step", "lr", "warmup_steps",
+                "max_grad_norm", "clip_low", "clip_high", "kl_coef", "loss_agg", "ppo_epochs", "temperature", "top_p",
+                "top_k", "max_new_tokens", "seed")
 
 
 def arg(default, help: str):
@@ -141,19 +143,29 @@ class Config:
 
 
 def parse_config(argv: list[str]) -> Config:
-    """`python train.py [preset] [--flag value ...]`: the preset sets defaults, flags override them."""
-    preset = argv[0] if argv and not argv[0].startswith("-") else Config.preset
-    flags = argv[1:] if argv and not argv[0].startswith("-") else argv
+    """`python train.py [preset] [--flag value ...]` (or --preset NAME): the preset sets defaults, flags override them."""
+    positional = argv[:1] if argv and not argv[0].startswith("-") else []
+    flags = argv[len(positional):]
+    named = [flags[i + 1] for i, f in enumerate(flags[:-1]) if f == "--preset"] + [
+        f.split("=", 1)[1] for f in flags if f.startswith("--preset=")]
+    if len(set(positional + named)) > 1:
+        raise SystemExit(f"two presets given: {' and '.join(sorted(set(positional + named)))}")
+    preset = (positional + named + [Config.preset])[0]
     if preset not in PRESETS:
         raise SystemExit(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     parser = HfArgumentParser(Config)
     parser.set_defaults(preset=preset, **PRESETS[preset])
-    (cfg,) = parser.parse_args_into_dataclasses(args=flags)
+    try:
+        (cfg,) = parser.parse_args_into_dataclasses(args=flags)
+    except ValueError as error:                                                  # an unknown flag, a typo
+        raise SystemExit(f"{error} (python train.py --help lists every flag)") from error
     choices = {"method": ("add", "mix"), "reward": ("aon", "mean"), "norm": TOKEN_NORMS,
                "relevance": RELEVANCE_KINDS, "loss_agg": LOSS_AGGREGATIONS, "judge": tasks.JUDGES}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise SystemExit(f"--{name} {getattr(cfg, name)!r} is not one of {', '.join(allowed)}")
+    if cfg.dtype == "float16":
+        raise SystemExit("--dtype float16 needs loss scaling, which this loop does not do; use bfloat16")
     if cfg.lam < 0 or cfg.group_size < 2 or cfg.prompts_per_step < 1 or cfg.max_steps < 1:
         raise SystemExit("need --lam >= 0, --group_size >= 2, --prompts_per_step >= 1, --max_steps >= 1")
     refusals = [
@@ -187,19 +199,25 @@ def train(cfg: Config) -> dict:
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     splits = tasks.load_splits(cfg.data)
-    model, tokenizer = load(lambda: policies.load_policy(cfg.policy, str(device), cfg.dtype, cfg.gradient_checkpointing))
+    model, tokenizer, amp = load(lambda: policies.load_for_training(  # float32 weights, forward passes in cfg.dtype
+        cfg.policy, str(device), cfg.dtype, cfg.gradient_checkpointing))
     judge = load(lambda: tasks.make_judge(cfg.judge, cfg.judge_model, str(device), cfg.dtype))
-    relevance_fn = load(lambda: relevance_provider(cfg, tokenizer, device))
+    relevance_fn = load(lambda: build_discriminator.relevance_provider(  # w (B, G, K, T) of a batch; DEVIATION(5)
+        cfg.relevance, cfg.policy, tokenizer, str(device), cfg.seed, cfg.discriminator, cfg.max_batch_tokens))
     ref_model = None if cfg.kl_coef == 0 else policies.load_policy(cfg.policy, str(device), cfg.dtype)[0]  # π_ref
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / max(cfg.warmup_steps, 1), 1.0))
-    start_step = run_files.resume(cfg.resume, asdict(cfg), RUN_DEFINING, model, optimizer, scheduler) if cfg.resume else 0
+    generators = {"relevance": relevance_fn.generator} if hasattr(relevance_fn, "generator") else {}  # random w
+    state = run_files.resume(cfg.resume, asdict(cfg), RUN_DEFINING, model, optimizer, scheduler, generators
+                             ) if cfg.resume else {}
+    start_step, first_metrics, collapse = state.get("step", 0), state.get("first_metrics"), state.get("collapse", "")
     logger = run_files.Logger(cfg.out_dir, cfg.wandb_project, asdict(cfg))
 
-    def run_eval(split: str) -> dict:
-        return evaluation.evaluate(model, tokenizer, splits[split][:cfg.eval_prompts or None], judge,
-                                   n_samples=cfg.eval_samples, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
-                                   temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
+    def run_eval(split: str) -> dict:                                            # within the memory budget too
+        with amp():
+            return evaluation.evaluate(model, tokenizer, splits[split][:cfg.eval_prompts or None], judge,
+                                       cfg.eval_samples, cfg.max_new_tokens, cfg.seed, cfg.max_batch_tokens or UNLIMITED,
+                                       temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
 
     summary, start_path = {"config": asdict(cfg), "device": str(device)}, os.path.join(cfg.out_dir, "start_eval.json")
     if cfg.final_eval:                                                           # kept so a resumed run reports it
@@ -210,76 +228,72 @@ def train(cfg: Config) -> dict:
     print(f"training {cfg.preset}: λ={cfg.lam} {cfg.method}, reward {cfg.reward}, norm {cfg.norm}, relevance "
           f"{cfg.relevance}{f' (w >= {cfg.relevance_threshold})' if cfg.relevance_threshold else ''}, "
           f"B={cfg.prompts_per_step} G={cfg.group_size}, steps {start_step}->{cfg.max_steps}, {device}")
-    first_metrics, collapse, shown = None, "", None
+    shown = None
     progress = tqdm(range(start_step, cfg.max_steps), initial=start_step, total=cfg.max_steps, desc="RL", unit="step")
-    try:
-        for step in progress:
-            # ------------------------------------------------------------ 1. rollouts: G samples per prompt (rollout.py)
-            tic = time.perf_counter()
-            prompts = tasks.prompt_batch(splits["train"], step, cfg.prompts_per_step, cfg.seed)  # B prompts
-            prompt_ids = encode_prompts(tokenizer, prompts)
-            sampler = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
-            model.eval()
-            response_ids, token_mask = generate(                                 # (B, G, T) x2, in memory-sized chunks
+    for step in progress:
+        # ------------------------------------------------------------ 1. rollouts: G samples per prompt (rollout.py)
+        tic = time.perf_counter()
+        prompts = tasks.prompt_batch(splits["train"], step, cfg.prompts_per_step, cfg.seed)  # B prompts
+        prompt_ids = encode_prompts(tokenizer, prompts)
+        sampler = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
+        model.eval()
+        with amp():
+            response_ids, token_mask = generate(                             # (B, G, T) x2, in memory-sized chunks
                 model, tokenizer, prompt_ids, cfg.group_size, cfg.max_new_tokens, cfg.max_batch_tokens or UNLIMITED,
                 temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, generator=sampler)
-            timings = {"time/generate": time.perf_counter() - tic}
-            # ------------------------------------------------------------ 2. judge every rubric: s (rewards.py)
-            tic = time.perf_counter()
-            texts = decode_responses(tokenizer, response_ids, token_mask)        # B x G strings
-            rubric_scores, rubric_mask = judge(prompts, texts)                   # (B, G, K) ±1, (B, K)
-            rubric_scores, rubric_mask = rubric_scores.to(device), rubric_mask.to(device)
-            timings["time/judge"] = time.perf_counter() - tic
-            # ------------------------------------------------------------ 3. token relevance: w (discriminator.py)
-            tic = time.perf_counter()
-            if cfg.lam > 0:
-                relevance = relevance_fn(prompts, response_ids, token_mask)      # (B, G, K, T)
-                if cfg.relevance_threshold > 0:                                  # DEVIATION(2): a binary mask
-                    relevance = (relevance >= cfg.relevance_threshold).float()
-            else:                                                                # GRPO needs no relevance
-                relevance = torch.zeros(*rubric_scores.shape, token_mask.shape[-1], device=device)
-            timings["time/relevance"] = time.perf_counter() - tic
-            # ------------------------------------------------------------ 4. advantages (rewards.py, normalize.py)
-            tic = time.perf_counter()
-            resp_reward = response_reward(rubric_scores, rubric_mask, cfg.reward)   # (B, G)        R
-            resp_adv = group_advantages(resp_reward, cfg.eps)                       # (B, G)        Â
-            tok_reward = token_rewards(rubric_scores, relevance)                    # (B, G, K, T)  r = s·w
-            token_term = token_mask if cfg.eos_token_advantage else (               # (B, G, T)     DEVIATION(2)
-                token_mask & (response_ids != tokenizer.eos_token_id))              # EOS left to Â: Ã = 0 there
-            tok_adv = token_advantages(cfg.norm, tok_reward, token_term, rubric_mask, rubric_scores, cfg.eps)  # Ã
-            advantages = combine_advantages(resp_adv, tok_adv, cfg.lam, cfg.method)  # (B, G, T)     A = Â + λ·Ã
-            # ------------------------------------------------------------ 5. policy update (rtt_grpo.py)
-            loss, loss_metrics, grad_norm = policy_update(model, ref_model, optimizer, tokenizer, cfg, prompt_ids,
-                                                          response_ids, token_mask, advantages)
-            scheduler.step()
-            timings["time/update"] = time.perf_counter() - tic
-            # ------------------------------------------------------------ 6. log, samples, eval, checkpoint
-            metrics = {**run_files.step_metrics(rubric_scores, rubric_mask, resp_reward, resp_adv, tok_adv, relevance,
-                                                response_ids, token_mask, tokenizer.eos_token_id),
-                       "loss/policy": loss, "clip_frac": loss_metrics["clip_frac"], "kl_old": loss_metrics["approx_kl_old"],
-                       "kl_ref": loss_metrics["kl_ref"], "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
-                       **timings, "time/step": sum(timings.values())}
-            first_metrics = first_metrics or metrics
-            if not collapse and (warning := run_files.collapse_warning(first_metrics, metrics)):
-                collapse = f"step {step}: {warning}"
-                tqdm.write(f"!!! COLLAPSE at step {step}: {warning} (RTT_SPEC §8)")
-            logger.log(step, metrics)
-            progress.set_postfix(reward=f"{metrics['reward/mean']:.2f}", pass_rate=f"{metrics['rubric/pass_rate']:.2f}",
-                                 length=f"{metrics['completions/mean_length']:.1f}")
-            shown = (step, prompts, rubric_scores, response_ids, token_mask, advantages)   # printed at the end
-            if cfg.sample_every and step % cfg.sample_every == 0:
-                run_files.dump_samples(os.path.join(cfg.out_dir, "samples.txt"), step, tokenizer, prompts, texts,
-                                       rubric_scores, response_ids, token_mask, advantages)
-            if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
-                logger.log_eval(step + 1, run_eval("val"))
-            if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.max_steps:
-                run_files.save_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), model, optimizer, scheduler, step + 1,
-                                          asdict(cfg))
-    except KeyboardInterrupt:
-        progress.close()
-        print(f"\ninterrupted; the last checkpoint in {cfg.out_dir} is intact: resume with --resume "
-              f"{os.path.join(cfg.out_dir, 'ckpt.pt')}")
-        sys.exit(130)
+        timings = {"time/generate": time.perf_counter() - tic}
+        # ------------------------------------------------------------ 2. judge every rubric: s (rewards.py)
+        tic = time.perf_counter()
+        texts = decode_responses(tokenizer, response_ids, token_mask)        # B x G strings
+        rubric_scores, rubric_mask = judge(prompts, texts)                   # (B, G, K) ±1, (B, K)
+        rubric_scores, rubric_mask = rubric_scores.to(device), rubric_mask.to(device)
+        timings["time/judge"] = time.perf_counter() - tic
+        # ------------------------------------------------------------ 3. token relevance: w (discriminator.py)
+        tic = time.perf_counter()
+        if cfg.lam > 0:
+            relevance = relevance_fn(prompts, response_ids, token_mask)      # (B, G, K, T)
+            if cfg.relevance_threshold > 0:                                  # DEVIATION(6): a binary mask
+                relevance = (relevance >= cfg.relevance_threshold).float()
+        else:                                                                # GRPO needs no relevance
+            relevance = torch.zeros(*rubric_scores.shape, token_mask.shape[-1], device=device)
+        is_eos = response_ids == tokenizer.eos_token_id                      # (B, G, T)
+        relevance = relevance.masked_fill(is_eos[:, :, None, :], 0.0)        # DEVIATION(7): w = 0 at EOS
+        timings["time/relevance"] = time.perf_counter() - tic
+        # ------------------------------------------------------------ 4. advantages (rewards.py, normalize.py)
+        resp_reward = response_reward(rubric_scores, rubric_mask, cfg.reward)   # (B, G)        R
+        resp_adv = group_advantages(resp_reward, cfg.eps)                       # (B, G)        Â
+        tok_reward = token_rewards(rubric_scores, relevance)                    # (B, G, K, T)  r = s·w
+        token_term = token_mask if cfg.eos_token_advantage else token_mask & ~is_eos  # DEVIATION(6): EOS left to Â
+        tok_adv = token_advantages(cfg.norm, tok_reward, token_term, rubric_mask, rubric_scores, cfg.eps)  # Ã
+        advantages = combine_advantages(resp_adv, tok_adv, cfg.lam, cfg.method)  # (B, G, T)     A = Â + λ·Ã
+        # ------------------------------------------------------------ 5. policy update (rtt_grpo.py)
+        tic = time.perf_counter()
+        loss, loss_metrics, grad_norm = policy_update(model, ref_model, optimizer, tokenizer, cfg, prompt_ids,
+                                                      response_ids, token_mask, advantages, amp)
+        scheduler.step()
+        timings["time/update"] = time.perf_counter() - tic
+        # ------------------------------------------------------------ 6. log, samples, eval, checkpoint
+        metrics = {**run_files.step_metrics(rubric_scores, rubric_mask, resp_reward, resp_adv, tok_adv, relevance,
+                                            response_ids, token_mask, tokenizer.eos_token_id),
+                   "loss/policy": loss, "clip_frac": loss_metrics["clip_frac"], "kl_old": loss_metrics["approx_kl_old"],
+                   "kl_ref": loss_metrics["kl_ref"], "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
+                   **timings, "time/step": sum(timings.values())}
+        first_metrics = first_metrics or metrics
+        if not collapse and (warning := run_files.collapse_warning(first_metrics, metrics)):
+            collapse = f"step {step}: {warning}"
+            tqdm.write(f"!!! COLLAPSE at step {step}: {warning} (RTT_SPEC §8)")
+        logger.log(step, metrics)
+        progress.set_postfix(reward=f"{metrics['reward/mean']:.2f}", pass_rate=f"{metrics['rubric/pass_rate']:.2f}",
+                             length=f"{metrics['completions/mean_length']:.1f}")
+        shown = (step, prompts, rubric_scores, response_ids, token_mask, advantages)   # printed at the end
+        if cfg.sample_every and step % cfg.sample_every == 0:
+            run_files.dump_samples(os.path.join(cfg.out_dir, "samples.txt"), step, tokenizer, prompts, texts,
+                                   rubric_scores, response_ids, token_mask, advantages)
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
+            logger.log_eval(step + 1, run_eval("val"))
+        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.max_steps:
+            run_files.save_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), model, optimizer, scheduler, step + 1,
+                                      asdict(cfg), {"first_metrics": first_metrics, "collapse": collapse}, generators)
     progress.close()
     # ---------------------------------------------------------------- summary
     if cfg.final_eval:
@@ -304,24 +318,11 @@ def load(build):
         raise SystemExit(f"cannot start the run: {error}") from error
 
 
-def relevance_provider(cfg: Config, tokenizer, device: torch.device):
-    """fn(prompts, response_ids (B, G, T), token_mask (B, G, T)) -> relevance w (B, G, K, T) float32."""
-    if cfg.relevance == "oracle":
-        return lambda ps, ids, mask: rubric_world.oracle_relevance(ps, ids, mask, tokenizer)  # noqa: E731
-    if cfg.relevance != "discriminator":
-        return discriminator.make_relevance_fn(kind=cfg.relevance, seed=cfg.seed)
-    if cfg.policy == "toy":                                                      # DEVIATION(1): built on first use
-        disc_model, disc_tokenizer = build_discriminator.load_or_train_toy_discriminator(device=str(device))
-    else:
-        disc_model, disc_tokenizer = discriminator.load_discriminator(cfg.discriminator, tokenizer, str(device))
-    return discriminator.make_relevance_fn(disc_model, disc_tokenizer, policy_tokenizer=tokenizer,
-                                           max_tokens_per_batch=cfg.max_batch_tokens or discriminator.INFERENCE_BATCH_TOKENS)
-
-
 def policy_update(model, ref_model, optimizer, tokenizer, cfg: Config, prompt_ids, response_ids, token_mask,
-                  advantages) -> tuple[float, dict, float]:
+                  advantages, amp) -> tuple[float, dict, float]:
     """ppo_epochs optimiser steps on one batch, each over row micro-batches within max_batch_tokens (gradient
-    accumulation whose weighted sum is exactly the one-batch loss). Returns (loss, loss metrics, grad norm).
+    accumulation whose weighted sum is exactly the one-batch loss). Forward passes run under `amp()` (bf16
+    autocast; the weights and AdamW's state stay float32). Returns (loss, metrics over the whole batch, grad norm).
 
     Shapes:  response_ids, token_mask (B, G, T);  advantages (B, G, T) A;  prompt_ids B token lists
     """
@@ -332,27 +333,29 @@ def policy_update(model, ref_model, optimizer, tokenizer, cfg: Config, prompt_id
     pieces = microbatches(len(flat_prompts), row_tokens, cfg.max_batch_tokens or UNLIMITED)
     weights = loss_weights(pieces, flat_mask, cfg.loss_agg)                       # sum to 1 over the pieces
 
-    def logprobs(policy_model, rows: slice) -> torch.Tensor:                      # (rows, T)
-        return response_logprobs(policy_model, flat_prompts[rows], flat_ids[rows], flat_mask[rows], tokenizer)
+    def logprobs(policy_model, rows: slice) -> torch.Tensor:                      # (rows, T) log π_τ, tempered
+        with amp():
+            return response_logprobs(policy_model, flat_prompts[rows], flat_ids[rows], flat_mask[rows], tokenizer,
+                                     cfg.temperature)
 
-    with torch.no_grad():                                                         # π_θold: once per batch
-        old_logp = torch.cat([logprobs(model, rows) for rows in pieces])          # (N, T)
+    with torch.no_grad():      # with μ = 1, π_θold = π_θ, so old log-probs are logp.detach(): no extra forward
+        old_logp = None if cfg.ppo_epochs == 1 else torch.cat([logprobs(model, rows) for rows in pieces])  # (N, T)
         ref_logp = None if ref_model is None else torch.cat([logprobs(ref_model, rows) for rows in pieces])
     for _ in range(cfg.ppo_epochs):
         optimizer.zero_grad(set_to_none=True)
-        loss, metrics = 0.0, {}
+        loss, new_logp = 0.0, []
         for rows, weight in zip(pieces, weights):
-            piece_loss, piece_metrics = policy_loss(
-                logprobs(model, rows), old_logp[rows], flat_adv[rows], flat_mask[rows], cfg.clip_low, cfg.clip_high,
-                cfg.loss_agg, None if ref_logp is None else ref_logp[rows], cfg.kl_coef)
+            logp = logprobs(model, rows)                                          # (rows, T)
+            piece_loss, _ = policy_loss(logp, logp.detach() if old_logp is None else old_logp[rows], flat_adv[rows],
+                                        flat_mask[rows], cfg.clip_low, cfg.clip_high, cfg.loss_agg,
+                                        None if ref_logp is None else ref_logp[rows], cfg.kl_coef)
             (piece_loss * weight).backward()
-            loss += piece_loss.item() * weight
-            for name, value in piece_metrics.items():                             # extremes stay extremes
-                combine = {"ratio_min": min, "ratio_max": max}.get(name)
-                metrics[name] = (combine(metrics.get(name, value), value) if combine else
-                                 metrics.get(name, 0.0) + float(value) * weight)
+            loss, new_logp = loss + piece_loss.item() * weight, new_logp + [logp.detach()]
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         optimizer.step()
+    new_logp = torch.cat(new_logp)                                                # (N, T) of the last epoch
+    _, metrics = policy_loss(new_logp, new_logp if old_logp is None else old_logp, flat_adv, flat_mask, cfg.clip_low,
+                             cfg.clip_high, cfg.loss_agg, ref_logp, cfg.kl_coef)  # clip and KL over every token
     return loss, metrics, float(grad_norm)
 
 
@@ -367,7 +370,13 @@ def loss_weights(pieces: list[slice], token_mask: torch.Tensor, loss_agg: str) -
 
 
 def main(argv: list[str]) -> dict:
-    return train(parse_config(argv))
+    cfg = parse_config(argv)
+    try:
+        return train(cfg)
+    except KeyboardInterrupt:                                                    # checkpoints are written atomically
+        ckpt = os.path.join(cfg.out_dir, "ckpt.pt")
+        print("\ninterrupted; " + (f"resume with --resume {ckpt}" if os.path.exists(ckpt) else "no checkpoint yet"))
+        sys.exit(130)
 
 
 if __name__ == "__main__":

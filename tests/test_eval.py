@@ -32,13 +32,14 @@ ROWS = [  # verdicts by hand:                                    starts_with exc
 
 
 def test_score_responses_equals_a_hand_count():
-    result = evaluation.score_responses(PROMPTS, ROWS, JUDGE)
-    assert result["n_prompts"] == 2 and result["n_responses"] == 5
+    scored, groups = evaluation.group_rows(PROMPTS, ROWS)
+    result = evaluation.accuracy_report(scored, groups, JUDGE)
+    assert len(scored) == 2 and result["n_responses"] == 5
     assert result["instruction_accuracy"] == pytest.approx(2 / 5)                # responses passing every rubric
     assert result["rubric_accuracy"] == pytest.approx((2 + 0 + 1 + 3 + 1) / (2 + 2 + 2 + 3 + 3))  # micro: 7 / 12
     assert result["per_type"] == pytest.approx({"starts_with": 2 / 3, "exclude": 1 / 3, "ends_with": 1.0,
                                                 "lowercase": 1 / 2, "length": 1 / 2})
-    assert result["mean_length"] == pytest.approx((4 + 2 + 2 + 3 + 4) / 5)
+    assert result["mean_words"] == pytest.approx((4 + 2 + 2 + 3 + 4) / 5)
     # the interval over the 2 prompts, by the delta-method formula of the reading card
     passed, total = [1.0, 1.0], [3.0, 2.0]
     ratio = sum(passed) / sum(total)
@@ -75,7 +76,7 @@ def test_interval_is_clipped_and_degenerate_cases_are_defined():
 ])
 def test_bad_rows_give_clear_errors(row, message):
     with pytest.raises(ValueError, match=message):
-        evaluation.score_responses(PROMPTS, [ROWS[0], row], JUDGE)
+        evaluation.group_rows(PROMPTS, [ROWS[0], row])
 
 
 def test_read_jsonl_names_the_bad_line(tmp_path):
@@ -126,7 +127,7 @@ def test_evaluate_counts_every_response_once_and_matches_a_hand_count(tiny_polic
     n_pairs = sum(n_rubrics[pid] for pid, _ in sampled)
     assert result["sampled"]["rubric_accuracy"] == pytest.approx(rubric_hits / n_pairs)
     assert result["sampled"]["instruction_accuracy"] == 0.0                        # every prompt has >= 3 rubrics
-    assert result["sampled"]["mean_length"] == pytest.approx(sum(len(t.split()) for _, t in sampled) / 15)
+    assert result["sampled"]["mean_words"] == pytest.approx(sum(len(t.split()) for _, t in sampled) / 15)
     for mode in ("greedy", "sampled"):
         lo, hi = result[mode]["rubric_accuracy_ci95"]
         assert 0.0 <= lo <= result[mode]["rubric_accuracy"] <= hi <= 1.0
@@ -142,7 +143,7 @@ def test_evaluate_is_deterministic_for_a_seed_and_leaves_train_mode_alone(tiny_p
     model.eval()
     assert evaluation.evaluate(model, tokenizer, prompts, judge, n_samples=2, max_new_tokens=8, seed=5) == first
     assert set(first["greedy"]) == {"instruction_accuracy", "instruction_accuracy_ci95", "rubric_accuracy",
-                                    "rubric_accuracy_ci95", "per_type", "mean_length", "n_responses"}
+                                    "rubric_accuracy_ci95", "per_type", "mean_words", "n_responses"}
     with pytest.raises(ValueError, match="at least one prompt"):
         evaluation.evaluate(model, tokenizer, [], judge)
 

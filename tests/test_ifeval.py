@@ -92,7 +92,7 @@ def test_instruction_and_rubric_level_accuracy_strict_and_loose(tmp_path):
     assert headline == {"instruction_accuracy_strict": 0.0, "rubric_accuracy_strict": 0.0,
                         "instruction_accuracy_loose": 0.5, "rubric_accuracy_loose": pytest.approx(2 / 3)}
     rows = [{"prompt": p["prompt"], "response": r[0]} for p, r in zip(prompts, responses)]
-    assert {mode: evaluation.score_responses(prompts, rows, judge)["instruction_accuracy"]
+    assert {mode: evaluation.accuracy_report(*evaluation.group_rows(prompts, rows), judge)["instruction_accuracy"]
             for mode, judge in judges.items()} == {"strict": 0.0, "loose": 0.5}
     data_path, responses_path, out_path = tmp_path / "ifeval.jsonl", tmp_path / "answers.jsonl", tmp_path / "out.json"
     data_path.write_text("".join(json.dumps({"key": p["id"], "prompt": p["prompt"],

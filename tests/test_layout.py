@@ -108,3 +108,10 @@ def test_the_copy_of_pad_rubrics_in_discriminator_agrees_with_rewards():
         for fn in (discriminator._rubric_mask, rewards.pad_rubrics):
             with pytest.raises(ValueError, match="'c' has no rubrics"):
                 fn(broken)
+
+
+@pytest.mark.parametrize("name", ["normalize", "rtt_grpo", "rewards"])
+def test_the_tests_of_a_concept_file_copy_with_it(name):
+    """README: copy normalize.py with tests/test_normalize.py and both work; likewise rtt_grpo and rewards."""
+    modules = project_modules()
+    assert imported_project_modules(os.path.join(REPO, "tests", f"test_{name}.py"), modules) == {name}

@@ -44,11 +44,11 @@ def build_tiny_chat_tokenizer(style: str) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def build_tiny_chat_model(family: str, seed: int = 0, hidden: int = 32, layers: int = 2):
+def build_tiny_chat_model(family: str, seed: int = 0, hidden: int = 32, layers: int = 2, max_positions: int = 512):
     """(model, tokenizer): a randomly initialised 2-layer Llama or Qwen2 with its family's chat tokenizer."""
     tokenizer = build_tiny_chat_tokenizer(family)
     arch = dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions, tie_word_embeddings=True,
                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                 bos_token_id=tokenizer.bos_token_id)
     torch.manual_seed(seed)
