@@ -24,16 +24,21 @@ import html
 import json
 import os
 import time
+from collections import defaultdict
 
 import torch
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
+import policies
 import rubric_world
+import tasks
+from checker_edits import MAX_CALLS, label_pair, minimal_edit
 from discriminator import (INFERENCE_BATCH_TOKENS, INSTRUCTION, META_FILE, build_toy_discriminator, load_discriminator,
-                           make_relevance_fn, predict_examples, save_discriminator, token_metrics, train_discriminator,
-                           vocab_fingerprint)
-from files import write_json, write_text
+                           make_relevance_fn, predict_examples, relevance, save_discriminator, token_metrics,
+                           train_discriminator, vocab_fingerprint)
+from files import read_jsonl, write_json, write_jsonl, write_text
+from rollout import encode_prompts, generate
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -100,28 +105,199 @@ def load_or_train_toy_discriminator(device: str = "cpu", cache_dir: str | None =
     return model.to(device).eval(), tokenizer
 
 
-def relevance_provider(kind: str, policy: str, tokenizer, device: str = "cpu", seed: int = 0,
+# ----------------------------------------------------------------------------- a discriminator for a real policy
+# The recipe for a real policy and a dataset whose rubrics have checkers (IFEval): the policy's own responses to the
+# TRAINING prompts, sampled with the RL decoding; minimal edits found by checker search (checker_edits.py), both sides
+# labelled; a small bidirectional encoder over the policy's vocabulary whose word embeddings start from a PCA of the
+# policy's input embeddings ("policy_pca"; "random" is the alternative measured in RESULTS.md).
+REAL_RECIPE = dict(samples=2, max_new_tokens=128, temperature=0.99, top_p=0.99, top_k=100, max_calls=MAX_CALLS,
+                   backbone="bidirectional", hidden=128, layers=2, heads=4, intermediate=256, init="policy_pca",
+                   steps=2000, batch_size=32, lr=1e-3, seed=0)
+PUT_TEXTS = (",", ".", "!", "*", "#", "\n", '"', " The", " the")       # tokens any rubric's edit may put in
+
+
+def put_candidates(tokenizer, rubric: dict) -> list[list[int]]:
+    """Token sequences an edit may put into a response: the rubric's own words (keywords, forbidden words, an end
+    phrase, a letter, ...) each with a leading space, then PUT_TEXTS (punctuation, a capitalised and a plain word)."""
+    args = rubric.get("args", {})
+    words = [v for v in args.values() if isinstance(v, str)] + [
+        w for v in args.values() if isinstance(v, list) for w in v if isinstance(w, str)]
+    texts = [" " + w.strip() for w in words if w.strip()] + list(PUT_TEXTS)
+    return [ids for ids in dict.fromkeys(tuple(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+            if ids]
+
+
+def checker_examples(prompts: list[dict], responses: list[list[list[int]]], tokenizer, checkers: dict,
+                     max_calls: int = MAX_CALLS) -> tuple[list[dict], dict]:
+    """Minimal pairs of a policy's responses, labelled by checker search: (examples, {rubric type: counts}).
+
+    responses[b][g]: token ids of a response to prompts[b], its end-of-sequence token last when it has one.
+    Counts per type: pairs, token_labels (an edit flipped the verdict), whole (no edit within max_calls did),
+    crashed (the checker raised: the pair is skipped), no_checker, empty (an empty response is skipped), calls."""
+    examples, stats = [], defaultdict(lambda: defaultdict(int))
+    for prompt, group in zip(prompts, responses):
+        for ids in group:
+            tail = int(bool(ids) and ids[-1] == tokenizer.eos_token_id)
+            text_of = lambda e: tokenizer.decode(e[:len(e) - tail], skip_special_tokens=True)  # noqa: E731
+            for rubric in prompt["rubrics"]:
+                count, checker = stats[rubric["type"]], checkers.get(rubric["type"])
+                count["pairs"] += 1
+                if checker is None or not text_of(ids).strip():
+                    count["no_checker" if checker is None else "empty"] += 1
+                    continue
+                verdict = lambda e, c=checker, r=rubric: bool(c(text_of(e), **r.get("args", {})))  # noqa: E731
+                try:
+                    passes = verdict(ids)
+                    edited, kind, calls = minimal_edit(ids, verdict, [list(p) for p in put_candidates(tokenizer, rubric)], max_calls, tail)
+                except Exception:                                # a crashed checker: counted, the pair skipped
+                    count["crashed"] += 1
+                    continue
+                count["calls"] += calls
+                count["token_labels" if edited is not None else "whole"] += 1
+                examples += label_pair(ids, edited, kind, rubric, passes, prompt_id=prompt["id"])
+    return examples, {t: dict(c) for t, c in sorted(stats.items())}
+
+
+def policy_responses(model, tokenizer, prompts: list[dict], recipe: dict, seed: int) -> list[list[list[int]]]:
+    """recipe["samples"] responses per prompt with the RL decoding, as token-id lists (EOS included when emitted)."""
+    response_ids, token_mask = generate(
+        model, tokenizer, encode_prompts(tokenizer, prompts), recipe["samples"], recipe["max_new_tokens"], 16384,
+        temperature=recipe["temperature"], top_p=recipe["top_p"], top_k=recipe["top_k"], progress="policy samples",
+        generator=torch.Generator().manual_seed(seed))                             # (B, G, T)
+    return [[ids[mask].tolist() for ids, mask in zip(row_ids, row_mask)] for row_ids, row_mask in
+            zip(response_ids, token_mask)]
+
+
+def encoder_for(policy_model, tokenizer, recipe: dict):
+    """The recipe's token classifier over the policy's vocabulary; "policy_pca": word embeddings start from the
+    top principal directions of the policy's own input embeddings (token similarity the policy already learnt)."""
+    model = build_toy_discriminator(tokenizer, recipe["backbone"], recipe["hidden"], recipe["layers"], recipe["heads"],
+                                    recipe["intermediate"], max_len=1024, seed=recipe["seed"])
+    if recipe["init"] == "policy_pca":
+        weights = policy_model.get_input_embeddings().weight.detach().float()[:len(tokenizer)]   # (V, H_policy)
+        centred = weights - weights.mean(dim=0)
+        _, _, directions = torch.pca_lowrank(centred, q=recipe["hidden"], center=False, niter=4)  # (H_policy, h)
+        projected = centred @ directions                                          # (V, h)
+        with torch.no_grad():
+            model.get_input_embeddings().weight.copy_(projected / projected.std() * 0.02)
+    return model
+
+
+def fingerprint(*parts) -> str:
+    """A short hash of JSON-able parts: what a cached discriminator was built from."""
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def build_real_discriminator(policy: str, data: str, out_dir: str = "", recipe: dict | None = None,
+                             device: str = "cpu", rebuild: bool = False):
+    """(model, tokenizer, meta) of the discriminator for `policy` on `data`'s training prompts: loaded from `out_dir`
+    (default cache/discriminators/<policy>-<data>) when it was built from the same policy, data and recipe,
+    otherwise built there: sampled, labelled by checker search, trained, saved with the held-out report."""
+    recipe = {**REAL_RECIPE, **(recipe or {})}
+    model, tokenizer = policies.load_policy(policy, device, "float32")
+    splits = tasks.load_splits(data)
+    checkers = tasks.data_checkers(data)
+    key = fingerprint(policy_fingerprint(model, tokenizer), [(p["id"], p["rubrics"]) for p in splits["train"]],
+                      recipe, INSTRUCTION)
+    out_dir = out_dir or real_cache_dir(policy, data)
+    meta_path = os.path.join(out_dir, META_FILE)
+    if not rebuild and os.path.exists(meta_path):
+        with open(meta_path) as f:
+            meta = json.load(f)
+        if meta.get("key") == key:
+            disc, disc_tokenizer = load_discriminator(out_dir, tokenizer, device)
+            return disc, disc_tokenizer, meta
+    timings, tic = {}, time.time()
+    train_responses = policy_responses(model, tokenizer, splits["train"], recipe, recipe["seed"])
+    held_out = splits["val"] + splits["test"]
+    held_out_responses = policy_responses(model, tokenizer, held_out, recipe, recipe["seed"] + 1)
+    timings["sample_s"], tic = time.time() - tic, time.time()
+    examples, coverage = checker_examples(splits["train"], train_responses, tokenizer, checkers, recipe["max_calls"])
+    held_out_examples, held_out_coverage = checker_examples(held_out, held_out_responses, tokenizer, checkers,
+                                                            recipe["max_calls"])
+    timings["label_s"], tic = time.time() - tic, time.time()
+    if not examples:
+        raise ValueError(f"no rubric of {data!r} has a rule checker, so no minimal edit can be found by code: label its "
+                         "responses with an LLM (llm_labels.py), train a discriminator and pass --discriminator DIR")
+    disc = encoder_for(model, tokenizer, recipe)
+    with tqdm(total=recipe["steps"], desc="discriminator", mininterval=2.0) as bar:
+        losses = train_discriminator(disc, tokenizer, examples, recipe["steps"], recipe["batch_size"], recipe["lr"],
+                                     seed=recipe["seed"], progress=lambda step, loss: bar.update(1))
+    timings["train_s"] = time.time() - tic
+    report = held_out_report(disc, tokenizer, held_out_examples)
+    meta = {"key": key, "policy": policy, "data": data, "recipe": recipe, "examples": len(examples),
+            "held_out_examples": len(held_out_examples), "coverage": coverage, "held_out_coverage": held_out_coverage,
+            "final_loss": sum(losses[-50:]) / len(losses[-50:]), "threads": torch.get_num_threads(),
+            **{k: round(v, 1) for k, v in timings.items()}, "report": report}
+    save_discriminator(disc, tokenizer, out_dir, meta)
+    write_jsonl(os.path.join(out_dir, "examples.jsonl"), examples)                # for inspection, and for
+    write_jsonl(os.path.join(out_dir, "held_out_examples.jsonl"), held_out_examples)  # experiments/ to reuse
+    print(f"discriminator for {policy} on {data}: {len(examples)} examples, sampled in {timings['sample_s']:.0f} s, "
+          f"labelled in {timings['label_s']:.0f} s, trained in {timings['train_s']:.0f} s -> {out_dir}")
+    return disc.eval(), tokenizer, meta
+
+
+def real_cache_dir(policy: str, data: str) -> str:
+    """cache/discriminators/<policy>-<data> (under $RTT_CACHE when set)."""
+    return os.path.join(os.environ.get("RTT_CACHE") or os.path.join(REPO_ROOT, "cache"), "discriminators",
+                        f"{os.path.basename(policy.rstrip('/'))}-{os.path.basename(data)}")
+
+
+def policy_fingerprint(model, tokenizer) -> str:
+    """What identifies a policy for a cached discriminator: its vocabulary, config and a checksum of its weights."""
+    checksum = sum(float(p.detach().double().sum()) for p in model.parameters())
+    return fingerprint(vocab_fingerprint(tokenizer), model.config.to_dict(), round(checksum, 6))
+
+
+def held_out_report(model, tokenizer, examples: list[dict], seed: int = 0) -> dict:
+    """The discriminator beside uniform and random relevance on held-out examples: {group: {provider: metrics}}."""
+    generator = torch.Generator().manual_seed(seed)
+    return evaluate(examples, {"discriminator": predict_examples(model, tokenizer, examples),
+                               "uniform": [torch.ones(len(e["response_ids"])) for e in examples],
+                               "random": [torch.rand(len(e["response_ids"]), generator=generator) for e in examples]})
+
+
+def relevance_provider(kind: str, policy: str, data: str, tokenizer, device: str = "cpu", seed: int = 0,
                        discriminator_dir: str = "", max_batch_tokens: int = 0):
     """fn(prompts, response_ids (B, G, T), token_mask (B, G, T)) -> relevance w (B, G, K, T) float32 of one kind:
-    "discriminator" (the toy one, built on first use, or the one saved in discriminator_dir, which must share the
-    policy's tokenizer), "oracle" (Rubric World's minimal-edit labels), "uniform" or "random" (seeded)."""
+    "discriminator" (the toy one, or the one saved in discriminator_dir, or the one built for this policy and data:
+    built on first use and cached), "oracle" (Rubric World's minimal-edit labels), "uniform" or "random" (seeded).
+    A discriminator must share the policy's tokenizer, and one built for another dataset is refused."""
     if kind == "oracle":
         return lambda ps, ids, mask: rubric_world.oracle_relevance(ps, ids, mask, tokenizer)  # noqa: E731
     if kind != "discriminator":
         return make_relevance_fn(kind=kind, seed=seed)
-    model, disc_tokenizer = (load_or_train_toy_discriminator(device=device) if policy == "toy"
-                             else load_discriminator(discriminator_dir, tokenizer, device))
+    if policy == "toy":
+        model, disc_tokenizer = load_or_train_toy_discriminator(device=device)
+    elif discriminator_dir:
+        model, disc_tokenizer = load_discriminator(discriminator_dir, tokenizer, device)
+        built_for = read_meta(discriminator_dir).get("data")
+        if built_for is not None and built_for != data:
+            raise ValueError(f"the discriminator in {discriminator_dir} was built for --data {built_for}, not {data}")
+    else:
+        model, disc_tokenizer, _ = build_real_discriminator(policy, data, device=device)
     return make_relevance_fn(model, disc_tokenizer, policy_tokenizer=tokenizer,
                              max_tokens_per_batch=max_batch_tokens or INFERENCE_BATCH_TOKENS)
 
 
+def read_meta(path: str) -> dict:
+    """META_FILE of a saved discriminator ({} when it has none: any token classifier may be used)."""
+    meta_path = os.path.join(path, META_FILE)
+    if not os.path.exists(meta_path):
+        return {}
+    with open(meta_path) as f:
+        return json.load(f)
+
+
 # ----------------------------------------------------------------------------- report
 def evaluate(examples: list[dict], predictions: dict[str, list[torch.Tensor]]) -> dict:
-    """token_metrics of every provider on: all examples, the identifiable / not identifiable ones, each rubric
-    type, and each (type, side). Returns {group: {provider: metrics}}."""
+    """token_metrics of every provider on: all examples, the identifiable / not identifiable ones, each scope
+    (token labels / whole response, when known), each rubric type, and each (type, side): {group: {provider: ...}}."""
     groups: dict[str, list[int]] = {"all": list(range(len(examples))), "identifiable": [], "not_identifiable": []}
     for i, example in enumerate(examples):
         groups["identifiable" if example["identifiable"] else "not_identifiable"].append(i)
+        if "scope" in example:
+            groups.setdefault(f"scope/{example['scope']}", []).append(i)
         groups.setdefault(f"type/{example['type']}", []).append(i)
         groups.setdefault(f"type_side/{example['type']}/{example['side']}", []).append(i)
     return {group: {name: token_metrics([probs[i] for i in idx], [examples[i]["labels"] for i in idx],
@@ -217,33 +393,62 @@ def save_heatmap_png(example: dict, path: str) -> None:
     os.replace(tmp, path)
 
 
+def real_heatmap_example(model, tokenizer, examples: list[dict], prompts: dict[str, dict]) -> dict:
+    """One held-out policy response with every rubric of its prompt: the discriminator's w beside the checker
+    search's labels ("oracle"). Prefers a response that violates a rubric with token-level labels, then more rubrics."""
+    by_response = defaultdict(list)
+    for example in examples:
+        if not example["edited"]:
+            by_response[(example["prompt_id"], tuple(example["response_ids"]))].append(example)
+    if not by_response:
+        raise ValueError("no held-out example to draw a heat map of")
+    (prompt_id, ids), rows = max(by_response.items(), key=lambda item: (any(
+        r["violated"] and r["scope"] == "tokens" for r in item[1]), len(item[1])))
+    response = torch.tensor([[list(ids)]])                                         # (1, 1, T)
+    weights = relevance(model, tokenizer, [{"rubrics": rows}], response, torch.ones_like(response, dtype=torch.bool))
+    return {"prompt": prompts[prompt_id]["prompt"], "tokens": [tokenizer.decode([i]) for i in ids],
+            "rubrics": [r["description"] for r in rows], "verdicts": [not r["violated"] for r in rows],
+            "weights": weights[0, 0], "oracle": torch.tensor([r["labels"] for r in rows])}
+
+
 # ----------------------------------------------------------------------------- command line
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train (or load) the toy discriminator and measure it on Rubric World.")
+    parser = argparse.ArgumentParser(description="Build (or load) a relevance discriminator and measure it.")
+    parser.add_argument("--policy", default="toy", help="toy | smollm2 | a save_pretrained dir or hub id")
+    parser.add_argument("--data", default="rubric_world", help="rubric_world | ifeval | a rubric JSONL")
+    parser.add_argument("--out", default="", help="where a real policy's discriminator goes (default: cache/)")
     parser.add_argument("--json", help="write every metric to this JSON file")
-    parser.add_argument("--heatmap", help="save a per-rubric heat map of one test response (PNG, plus .html)")
+    parser.add_argument("--heatmap", help="save a per-rubric heat map of one held-out response (PNG, plus .html)")
     parser.add_argument("--rebuild", action="store_true", help="retrain even if a cached model exists")
     parser.add_argument("--compare-backbones", action="store_true",
-                        help="also train the other backbone (causal vs bidirectional) and compare per rubric type")
+                        help="toy: also train the other backbone (causal vs bidirectional), compare per rubric type")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    model, tokenizer = load_or_train_toy_discriminator(device=args.device, rebuild=args.rebuild)
-    report = {"settings": TOY_SETTINGS, "instruction": INSTRUCTION, **rubric_world_report(model, tokenizer)}
-    for split in ("test", "test_unseen_combos"):
-        print(f"\n{split}  (F1 at 0.5 / AUROC / top-1 token of a violated rubric is relevant)\n"
-              + summary_table(report[split]))
-    if args.compare_backbones:
-        other = "causal" if TOY_SETTINGS["backbone"] == "bidirectional" else "bidirectional"
-        other_model, _ = load_or_train_toy_discriminator(args.device, default_cache_dir() + f"_{other}",
-                                                         args.rebuild, {"backbone": other})
-        report["backbones"] = {TOY_SETTINGS["backbone"]: {s: {g: m["discriminator"] for g, m in report[s].items()
-                                                              if g != "greedy_parsing"} for s in ("test", "test_unseen_combos")},
-                               other: {s: {g: m["discriminator"] for g, m in r.items()} for s, r in
-                                       rubric_world_report(other_model, tokenizer, baselines=False).items()}}
+    if args.policy != "toy":
+        try:
+            model, tokenizer, meta = build_real_discriminator(args.policy, args.data, args.out, device=args.device,
+                                                              rebuild=args.rebuild)
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"cannot build the discriminator: {error}") from error
+        print("\nheld-out responses (F1 at 0.5 / AUROC / top-1 token of a violated rubric is relevant)\n"
+              + summary_table(meta["report"]))
+        print("\nlabel coverage: " + ", ".join(f"{t} {c.get('token_labels', 0)}/{c['pairs']}"
+                                               for t, c in meta["coverage"].items()))
+        held_out = tasks.load_splits(args.data)
+        prompts = {p["id"]: p for p in held_out["val"] + held_out["test"]}
+        saved = args.out or real_cache_dir(args.policy, args.data)
+        example = real_heatmap_example(model, tokenizer, read_jsonl(os.path.join(saved, "held_out_examples.jsonl")),
+                                       prompts)
+        report = meta
+    else:
+        model, tokenizer = load_or_train_toy_discriminator(device=args.device, rebuild=args.rebuild)
+        report = {"settings": TOY_SETTINGS, "instruction": INSTRUCTION, **rubric_world_report(model, tokenizer)}
         for split in ("test", "test_unseen_combos"):
-            print(f"\n{split}: {other} backbone\n" + summary_table(
-                {g: {"discriminator": m} for g, m in report["backbones"][other][split].items()}))
-    example = rubric_world.heatmap_example(model, tokenizer)
+            print(f"\n{split}  (F1 at 0.5 / AUROC / top-1 token of a violated rubric is relevant)\n"
+                  + summary_table(report[split]))
+        if args.compare_backbones:
+            report["backbones"] = compare_backbones(report, tokenizer, args)
+        example = rubric_world.heatmap_example(model, tokenizer)
     print("\n" + example["prompt"] + "\n" + heatmap_terminal(example))
     if args.json:
         write_json(args.json, report)
@@ -252,6 +457,21 @@ def main(argv: list[str] | None = None) -> None:
         save_heatmap_png(example, args.heatmap)
         write_text(os.path.splitext(args.heatmap)[0] + ".html", heatmap_html(example))
         print(f"heat map -> {args.heatmap} and {os.path.splitext(args.heatmap)[0]}.html")
+
+
+def compare_backbones(report: dict, tokenizer, args) -> dict:
+    """The toy discriminator's backbone beside the other one (causal vs bidirectional), per group."""
+    other = "causal" if TOY_SETTINGS["backbone"] == "bidirectional" else "bidirectional"
+    other_model, _ = load_or_train_toy_discriminator(args.device, default_cache_dir() + f"_{other}", args.rebuild,
+                                                     {"backbone": other})
+    backbones = {TOY_SETTINGS["backbone"]: {s: {g: m["discriminator"] for g, m in report[s].items()
+                                                if g != "greedy_parsing"} for s in ("test", "test_unseen_combos")},
+                 other: {s: {g: m["discriminator"] for g, m in r.items()} for s, r in
+                         rubric_world_report(other_model, tokenizer, baselines=False).items()}}
+    for split in ("test", "test_unseen_combos"):
+        print(f"\n{split}: {other} backbone\n" + summary_table(
+            {g: {"discriminator": m} for g, m in backbones[other][split].items()}))
+    return backbones
 
 
 if __name__ == "__main__":

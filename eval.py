@@ -235,7 +235,7 @@ def resolve(args: EvalArgs) -> tuple[list[dict], dict, dict]:
                          f"(its held-out split), not on {data}")
     if config and args.split in ("train", "all"):
         raise SystemExit(f"--split {args.split} would score {args.checkpoint} on prompts it trained on")
-    kind = args.judge or config.get("judge") or tasks.DATA_JUDGES.get(data, "")
+    kind = args.judge or config.get("judge") or tasks.DATA_JUDGES.get(data.split(":")[0], "")
     prompts, judges = tasks.evaluation_task(data, args.split, kind, args.judge_model or config.get("judge_model", ""),
                                             args.data_file, args.device, args.dtype)
     source = {"data": data, "split": args.split, "judge": kind, "checkpoint": args.checkpoint or None,
@@ -245,12 +245,10 @@ def resolve(args: EvalArgs) -> tuple[list[dict], dict, dict]:
 
 def print_table(result: dict, judges: list[str]) -> None:
     print(f"{'judge / decoding':>18} | {'instruction acc [95% CI]':>26} | {'rubric acc [95% CI]':>26} | words | responses")
-    for name in judges:
-        for mode, r in result[name].items():
-            ci_i, ci_r = r["instruction_accuracy_ci95"], r["rubric_accuracy_ci95"]
-            print(f"{name + ' / ' + mode:>18} | {r['instruction_accuracy']:.3f} [{ci_i[0]:.3f}, {ci_i[1]:.3f}]{'':>6} | "
-                  f"{r['rubric_accuracy']:.3f} [{ci_r[0]:.3f}, {ci_r[1]:.3f}]{'':>6} | {r['mean_words']:5.1f} | "
-                  f"{r['n_responses']}")
+    for name, mode, r in [(name, mode, r) for name in judges for mode, r in result[name].items()]:
+        cells = [f"{r[m]:.3f} [{r[m + '_ci95'][0]:.3f}, {r[m + '_ci95'][1]:.3f}]" for m in ("instruction_accuracy",
+                                                                                          "rubric_accuracy")]
+        print(f"{name + ' / ' + mode:>18} | {cells[0]:>26} | {cells[1]:>26} | {r['mean_words']:5.1f} | {r['n_responses']}")
 
 
 def main(argv: list[str]) -> dict:
@@ -271,7 +269,7 @@ def main(argv: list[str]) -> dict:
                 model, tokenizer, _ = policies.load_checkpoint_policy(args.checkpoint, args.device)
             else:
                 model, tokenizer = policies.load_policy(args.policy, args.device, args.dtype)
-            max_new = args.max_new_tokens or (rubric_world.MAX_NEW_TOKENS if source["data"] == "rubric_world" else 256)
+            max_new = args.max_new_tokens or (rubric_world.MAX_NEW_TOKENS if tasks.is_rubric_world(source["data"]) else 256)
             texts = generate_texts(model, tokenizer, prompts, args.samples, max_new, args.seed, args.max_batch_tokens,
                                    progress=True, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
             source.update(max_new_tokens=max_new, threads=torch.get_num_threads(), device=args.device)
@@ -279,11 +277,10 @@ def main(argv: list[str]) -> dict:
                   for name, judge in judges.items()}
     except (OSError, ValueError) as error:
         raise SystemExit(f"cannot evaluate: {error}") from error
-    first = result[next(iter(judges))]
-    headline = first["sampled" if "sampled" in first else next(iter(first))]
-    result = {"n_prompts": len(prompts), "instruction_accuracy": headline["instruction_accuracy"],
-              "rubric_accuracy": headline["rubric_accuracy"], **source, "wall_seconds": round(time.time() - start, 1),
-              **result}
+    first = result[next(iter(judges))]                                            # the headline: sampled if any
+    headline = first.get("sampled", next(iter(first.values())))
+    result = {"n_prompts": len(prompts), **{k: headline[k] for k in ("instruction_accuracy", "rubric_accuracy")},
+              **source, "wall_seconds": round(time.time() - start, 1), **result}
     print(f"{source['checkpoint'] or source['responses_file'] or source['policy']} on {source['data']} "
           f"({source['split']}, {len(prompts)} prompts), {result['wall_seconds']} s")
     print_table(result, list(judges))

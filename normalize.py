@@ -29,6 +29,7 @@ Deviations (numbered as in the README's list, tagged `# DEVIATION(n)` in the cod
   3. The "rubric_mean" variant normalises per prompt; the authors' version spans several prompts
      (RTT_SPEC §6.3).
   4. eps is added to the std (GRPO and token level) so a tied group gives 0 instead of NaN.
+Not here: the authors' pipeline as it runs (the reshape, integer weights) is reproduced in released_code.py.
 
 Demo:     python normalize.py     (the length-bias example of RTT_SPEC §5, every intermediate printed)
 """
@@ -69,11 +70,11 @@ def rubric_weights(rubric_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tenso
     return valid / valid.sum(dim=1, keepdim=True).clamp(min=1)                    # (B, K)
 
 
-def _check_token_inputs(token_rewards: torch.Tensor, token_mask: torch.Tensor, rubric_mask: torch.Tensor) -> None:
-    if token_rewards.dim() != 4:
-        raise ValueError(f"token_rewards must be (B, G, K, T), got shape {tuple(token_rewards.shape)}")
-    if not token_rewards.is_floating_point():
-        raise ValueError(f"token_rewards must be a float tensor, got {token_rewards.dtype}")
+def _check_token_inputs(token_rewards: torch.Tensor, token_mask: torch.Tensor, rubric_mask: torch.Tensor,
+                        rubric_scores: torch.Tensor | None = None) -> None:
+    if token_rewards.dim() != 4 or not token_rewards.is_floating_point():
+        raise ValueError(f"token_rewards must be a float tensor (B, G, K, T), got {token_rewards.dtype} "
+                         f"{tuple(token_rewards.shape)}")
     b, g, k, t = token_rewards.shape
     if token_mask.dtype != torch.bool or token_mask.shape != (b, g, t):
         raise ValueError(f"token_mask must be a bool (B, G, T) = {(b, g, t)}, "
@@ -81,6 +82,8 @@ def _check_token_inputs(token_rewards: torch.Tensor, token_mask: torch.Tensor, r
     if rubric_mask.dtype != torch.bool or rubric_mask.shape != (b, k):
         raise ValueError(f"rubric_mask must be a bool (B, K) = {(b, k)}, "
                          f"got {rubric_mask.dtype} {tuple(rubric_mask.shape)}")
+    if rubric_scores is not None and rubric_scores.shape != (b, g, k):
+        raise ValueError(f"rubric_scores must be (B, G, K) = {(b, g, k)}, got {tuple(rubric_scores.shape)}")
 
 
 def intra_sample_token_norm(token_rewards: torch.Tensor, token_mask: torch.Tensor, rubric_mask: torch.Tensor,
@@ -161,60 +164,72 @@ def rubric_mean_token_norm(token_rewards: torch.Tensor, token_mask: torch.Tensor
     return dev / (std + eps)                                                      # (B, G, T)     DEVIATION(4)
 
 
+def rubric_group_advantages(rubric_scores: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Â_k[b,g]: the GRPO advantage of each rubric's own verdict, z-scored over the G responses. (B, G, K) -> (B, G, K)"""
+    b_size, _, k_size = rubric_scores.shape
+    per_rubric = group_advantages(rubric_scores.transpose(1, 2).flatten(0, 1), eps)  # (B·K, G)  DEVIATION(1): transpose
+    return per_rubric.unflatten(0, (b_size, k_size)).transpose(1, 2)              # (B, G, K)
+
+
 def rubric_softmax_token_norm(token_rewards: torch.Tensor, token_mask: torch.Tensor, rubric_mask: torch.Tensor,
                               rubric_scores: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Ablation: a GRPO advantage per rubric, spread over tokens by a softmax over rubrics of the relevance.
 
-    Â_k[b,g] = GRPO z-score over g of the rubric's own verdict s[b,g,k]
     Ã[b,g,t] = Σ_{k valid} softmax_k( w[b,g,:,t] ) · Â_k[b,g],   w = s·r (s² = 1 recovers the relevance)
-
     Shapes: as intra_sample_token_norm, plus rubric_scores (B, G, K) float in {+1, −1} (0 on padding).
     """
-    _check_token_inputs(token_rewards, token_mask, rubric_mask)
-    if rubric_scores.shape != token_rewards.shape[:3]:
-        raise ValueError(f"rubric_scores must be (B, G, K) = {tuple(token_rewards.shape[:3])}, "
-                         f"got {tuple(rubric_scores.shape)}")
-    b_size, _, k_size = rubric_scores.shape
-    per_rubric_adv = group_advantages(rubric_scores.transpose(1, 2).flatten(0, 1), eps)  # (B·K, G)  DEVIATION(1): transpose
-    per_rubric_adv = per_rubric_adv.unflatten(0, (b_size, k_size)).transpose(1, 2)  # (B, G, K)  Â_k
-    relevance = token_rewards * rubric_scores[..., None]                          # (B, G, K, T)  w = r·s, as s² = 1
+    _check_token_inputs(token_rewards, token_mask, rubric_mask, rubric_scores)
+    relevance = token_rewards * rubric_scores[..., None]                          # (B, G, K, T)  w = r·s
     logits = relevance.masked_fill(~rubric_mask[:, None, :, None], float("-inf"))  # (B, G, K, T)
     share = torch.softmax(logits, dim=2)                                          # (B, G, K, T)  over rubrics
-    spread = (share * per_rubric_adv[..., None]).sum(dim=2)                       # (B, G, T)
+    spread = (share * rubric_group_advantages(rubric_scores, eps)[..., None]).sum(dim=2)  # (B, G, T)
     return spread * token_mask.to(token_rewards.dtype)                            # (B, G, T)
 
 
-TOKEN_NORMS = ("intra", "inter", "rubric_mean", "rubric_softmax")
+def rubric_group_token_norm(token_rewards: torch.Tensor, token_mask: torch.Tensor, rubric_mask: torch.Tensor,
+                            rubric_scores: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Ablation (the authors' reward_norm_rubrics_for_p): each rubric's group advantage, on its relevant tokens.
+
+    Ã[b,g,t] = Σ_{k valid} Â_k[b,g] · w[b,g,k,t]     Not zero-sum inside a response, and when the all-or-nothing
+    group is tied (every response fails) single rubrics still differ across it, so Ã still carries their signal.
+    Shapes: as rubric_softmax_token_norm.
+    """
+    _check_token_inputs(token_rewards, token_mask, rubric_mask, rubric_scores)
+    relevance = token_rewards * rubric_scores[..., None]                          # (B, G, K, T)  w = r·s
+    per_rubric = rubric_group_advantages(rubric_scores, eps) * rubric_mask[:, None, :]  # (B, G, K)  Â_k, 0 if padded
+    return torch.einsum("bgkt,bgk->bgt", relevance, per_rubric) * token_mask.to(token_rewards.dtype)  # (B, G, T)
+
+
+TOKEN_NORMS = ("intra", "inter", "rubric_mean", "rubric_softmax", "rubric_group")
 
 
 def token_advantages(how: str, token_rewards: torch.Tensor, token_mask: torch.Tensor, rubric_mask: torch.Tensor,
                      rubric_scores: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Dispatch to one of TOKEN_NORMS by name: "intra" (the paper), "inter" (the baseline), or an ablation."""
-    if how == "intra":
-        return intra_sample_token_norm(token_rewards, token_mask, rubric_mask, eps)
-    if how == "inter":
-        return inter_sample_token_norm(token_rewards, token_mask, rubric_mask, eps)
-    if how == "rubric_mean":
-        return rubric_mean_token_norm(token_rewards, token_mask, rubric_mask, eps)
-    if how == "rubric_softmax":
-        return rubric_softmax_token_norm(token_rewards, token_mask, rubric_mask, rubric_scores, eps)
+    if how in ("intra", "inter", "rubric_mean"):
+        norm = {"intra": intra_sample_token_norm, "inter": inter_sample_token_norm, "rubric_mean": rubric_mean_token_norm}
+        return norm[how](token_rewards, token_mask, rubric_mask, eps)
+    if how in ("rubric_softmax", "rubric_group"):
+        norm = rubric_softmax_token_norm if how == "rubric_softmax" else rubric_group_token_norm
+        return norm(token_rewards, token_mask, rubric_mask, rubric_scores, eps)
     raise ValueError(f"unknown token normalisation {how!r}; choose one of {TOKEN_NORMS}")
 
 
 if __name__ == "__main__":
     # RTT_SPEC §5: two responses violate one rubric on the same 5 tokens; lengths 20 and 200.
-    lengths = (20, 200)
-    token_mask = torch.arange(200)[None, :] < torch.tensor(lengths)[:, None]     # (G, T)
-    token_mask = token_mask[None]                                                 # (B=1, G=2, T=200)
+    token_mask = (torch.arange(200) < torch.tensor([20, 200])[:, None])[None]    # (B=1, G=2, T=200)
     relevance = torch.zeros(1, 2, 1, 200)                                         # (B, G, K=1, T)
     relevance[..., :5] = 1.0                                                      # the 5 offending tokens
-    rubric_scores = -torch.ones(1, 2, 1)                                          # (B, G, K)  both violate
-    rubric_mask = torch.ones(1, 1, dtype=torch.bool)                              # (B, K)
-    rewards = rubric_scores[..., None] * relevance                                # (B, G, K, T)  r = s·w
-    print("response lengths:", lengths, "| relevant tokens: first 5 | verdict: violated (s = -1)")
+    rubric_scores, rubric_mask = -torch.ones(1, 2, 1), torch.ones(1, 1, dtype=torch.bool)  # (B, G, K), (B, K)
+    print("lengths 20 and 200, both violate one rubric on their first 5 tokens (r = s·w):")
     for name in TOKEN_NORMS:
-        adv = token_advantages(name, rewards, token_mask, rubric_mask, rubric_scores)  # (B, G, T)
-        sums = adv.sum(dim=-1)[0].tolist()
-        print(f"{name:>15}: summed token advantage per response = {sums[0]:+8.2f}, {sums[1]:+8.2f}"
-              f"   | first tokens of response 0: {[round(v, 2) for v in adv[0, 0, :7].tolist()]}")
-    print("GRPO advantage for rewards [[1, 0, 0, 1]]:", group_advantages(torch.tensor([[1., 0., 0., 1.]])))
+        adv = token_advantages(name, rubric_scores[..., None] * relevance, token_mask, rubric_mask, rubric_scores)
+        print(f"{name:>15}: summed token advantage per response {[round(v, 2) for v in adv.sum(-1)[0].tolist()]}, "
+              f"first tokens of response 0: {[round(v, 2) for v in adv[0, 0, :7].tolist()]}")
+    # A tied all-or-nothing group (both fail): GRPO gives 0, but rubric 0 passes in response 0 only.
+    scores = torch.tensor([[[1.0, -1.0], [-1.0, -1.0]]])                          # (B=1, G=2, K=2)
+    w = torch.ones(1, 2, 2, 4)                                                    # (B, G, K, T) uniform relevance
+    print("\ntied group, rubric 0 passes in response 0 only; GRPO on all-or-nothing rewards:",
+          group_advantages(torch.zeros(1, 2)).tolist(), "| rubric_group Ã:",
+          [round(v, 3) for v in rubric_group_token_norm(scores[..., None] * w, torch.ones(1, 2, 4, dtype=torch.bool),
+                                                        torch.ones(1, 2, dtype=torch.bool), scores)[0, :, 0].tolist()])

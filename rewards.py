@@ -189,8 +189,7 @@ class LLMJudge:
     """
 
     def __init__(self, model, tokenizer, batch_size: int = 16, max_new_tokens: int = 4):
-        self.model, self.tokenizer = model, tokenizer
-        self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
+        self.model, self.tokenizer, self.batch_size, self.max_new_tokens = model, tokenizer, batch_size, max_new_tokens
         self.log: list[dict] = []
         self.stats = {"yes": 0, "no": 0, "unparsed": 0, "empty": 0}
 
@@ -204,19 +203,14 @@ class LLMJudge:
     @torch.no_grad()
     def answer(self, questions: list[str]) -> list[str]:
         """Raw greedy answers of the model, one per question text."""
-        tok = self.tokenizer
+        tok, answers = self.tokenizer, []
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        device = next(self.model.parameters()).device
-        answers = []
         for start in range(0, len(questions), self.batch_size):
-            rows = tok(questions[start:start + self.batch_size], add_special_tokens=False)["input_ids"]
-            width = max(len(r) for r in rows)
-            input_ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=device)  # (n, P) left pad
-            attention_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
-            out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
-                                      max_new_tokens=self.max_new_tokens, pad_token_id=pad_id,
+            batch = tok(questions[start:start + self.batch_size], add_special_tokens=False, padding=True,
+                        padding_side="left", return_tensors="pt").to(next(self.model.parameters()).device)  # (n, P)
+            out = self.model.generate(**batch, do_sample=False, max_new_tokens=self.max_new_tokens, pad_token_id=pad_id,
                                       eos_token_id=tok.eos_token_id)                                  # (n, P + t)
-            answers += tok.batch_decode(out[:, width:], skip_special_tokens=True)
+            answers += tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
         return answers
 
     def verdicts(self, items: list[tuple[str, dict, str]]) -> list[bool]:
@@ -238,10 +232,8 @@ class LLMJudge:
 
 
 class HybridJudge:
-    """Rule checkers where a rubric's "type" has one, the LLM judge for the rest (type "llm" or unknown).
-
-    Call / returns as RuleJudge. judge.rule.errors and judge.llm.log / .stats keep each side's records.
-    """
+    """Rule checkers where a rubric's "type" has one, the LLM judge for the rest (type "llm" or unknown). Called as
+    RuleJudge; judge.rule.errors and judge.llm.log / .stats keep each side's records."""
 
     def __init__(self, checkers: dict[str, Callable[..., bool]], llm_judge: LLMJudge):
         self.rule, self.llm = RuleJudge(checkers), llm_judge

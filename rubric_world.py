@@ -118,6 +118,11 @@ DESCRIPTIONS = {
 }
 INTRO = "Write about the {topic}."
 HELD_OUT_PAIRS = (("count", "starts_with"), ("order", "parts"))
+# Regimes of the study (experiments/study.py), selected as --data rubric_world:<name>: rubrics decided by tokens one
+# can point at, rubrics about the whole response, and prompts with few or many rubrics (sparser all-or-nothing rewards).
+LOCAL_TYPES = ("starts_with", "ends_with", "include", "exclude", "lowercase", "order")
+REGIMES = {"local": {"types": LOCAL_TYPES}, "global": {"types": ("length", "count", "parts")},
+           "k3": {"k_range": (3, 3)}, "k6": {"k_range": (6, 6)}}
 
 
 # ----------------------------------------------------------------------------- rule checkers
@@ -250,9 +255,12 @@ def satisfying_response(prompt: dict, rng: random.Random, tries: int = 200) -> l
 
 
 # ----------------------------------------------------------------------------- prompts and splits
-def _sample_rubrics(topic: str, rng: random.Random) -> list[dict]:
-    """K = 3..6 distinct rubric types; every word argument is a distinct word of the topic (or a name)."""
-    types = rng.sample(sorted(CHECKERS), rng.randint(3, 6))
+def _sample_rubrics(topic: str, rng: random.Random, types: tuple[str, ...] | None = None,
+                    k_range: tuple[int, int] = (3, 6)) -> list[dict]:
+    """K in k_range distinct rubric types (of `types`, default all); every word argument is a distinct word of the
+    topic (or a name)."""
+    allowed = sorted(types or CHECKERS)
+    types = rng.sample(allowed, rng.randint(min(k_range[0], len(allowed)), min(k_range[1], len(allowed))))
     words = iter(rng.sample(TOPICS[topic], len(TOPICS[topic])))
     rubrics = []
     for rubric_type in types:
@@ -275,10 +283,11 @@ def _sample_rubrics(topic: str, rng: random.Random) -> list[dict]:
     return rubrics
 
 
-def make_prompt(rng: random.Random, prompt_id: str = "p") -> dict | None:
+def make_prompt(rng: random.Random, prompt_id: str = "p", types: tuple[str, ...] | None = None,
+                k_range: tuple[int, int] = (3, 6)) -> dict | None:
     """One random prompt with satisfiable rubrics (None when the draw is inconsistent: resample)."""
     topic = rng.choice(sorted(TOPICS))
-    rubrics = _sample_rubrics(topic, rng)
+    rubrics = _sample_rubrics(topic, rng, types, k_range)
     text = " ".join([INTRO.format(topic=topic)] + [r["description"] for r in rubrics])
     prompt = {"id": prompt_id, "prompt": text, "rubrics": rubrics, "topic": topic,
               "combo": "+".join(sorted(r["type"] for r in rubrics))}
@@ -294,9 +303,10 @@ def has_held_out_pair(prompt: dict) -> bool:
     return any(a in types and b in types for a, b in HELD_OUT_PAIRS)
 
 
-def make_splits(seed: int = 0, n_train: int = 4000, n_val: int = 128, n_test: int = 256,
-                n_unseen: int = 256) -> dict[str, list[dict]]:
-    """Deterministic, disjoint splits: {"train", "val", "test", "test_unseen_combos"} -> list of prompts.
+def make_splits(seed: int = 0, n_train: int = 4000, n_val: int = 128, n_test: int = 256, n_unseen: int = 256,
+                types: tuple[str, ...] | None = None, k_range: tuple[int, int] = (3, 6)) -> dict[str, list[dict]]:
+    """Deterministic, disjoint splits: {"train", "val", "test", "test_unseen_combos"} -> list of prompts; `types` and
+    `k_range` restrict the rubrics (REGIMES; the default draws are those of every other split of the project).
 
     >>> splits = make_splits(seed=0, n_train=20, n_val=4, n_test=4, n_unseen=4)
     >>> [len(splits[name]) for name in ("train", "val", "test", "test_unseen_combos")]
@@ -306,7 +316,7 @@ def make_splits(seed: int = 0, n_train: int = 4000, n_val: int = 128, n_test: in
     seen_texts: set[str] = set()
     seen, unseen = [], []
     while len(seen) < n_test + n_val + n_train or len(unseen) < n_unseen:
-        prompt = make_prompt(rng)
+        prompt = make_prompt(rng, types=types, k_range=k_range)
         if prompt is None or prompt["prompt"] in seen_texts:
             continue
         seen_texts.add(prompt["prompt"])
@@ -631,6 +641,16 @@ def oracle_relevance(prompts: list[dict], response_ids: torch.Tensor, token_mask
                 labels = labels if has_eos else labels[:-1]                       # no EOS position to label
                 relevance[b, g, k, :len(labels)] = torch.tensor(labels, dtype=torch.float32)
     return relevance.to(response_ids.device)
+
+
+# ----------------------------------------------------------------------------- reward hacking
+def repeats_a_rubric_word(prompt: dict, text: str, times: int = 3) -> bool:
+    """Does the response repeat a word one of its rubrics names (include, start, end, order, count...) `times` or
+    more times where no rubric asks for it? (A count rubric asking for n >= times copies asks for it.)"""
+    words = text.split()
+    named = {v for r in prompt["rubrics"] for key, v in r["args"].items() if key in ("word", "first", "second")}
+    asked = {r["args"]["word"] for r in prompt["rubrics"] if r["type"] == "count" and r["args"]["n"] >= times}
+    return any(words.count(word) >= times for word in named - asked)
 
 
 # ----------------------------------------------------------------------------- the discriminator's examples

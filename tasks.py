@@ -52,9 +52,15 @@ def prompt_batch(prompts: list[dict], step: int, batch_size: int, seed: int) -> 
 
 
 def load_splits(data: str) -> dict[str, list[dict]]:
-    """Prompt splits: Rubric World's own (with held-out rubric combinations), or a real dataset held out by seed."""
+    """Prompt splits: Rubric World's own (with held-out rubric combinations; "rubric_world:<regime>" restricts its
+    rubrics, rubric_world.REGIMES), or a real dataset held out by seed."""
     if data == "rubric_world":
         return rubric_world.make_splits(seed=0)
+    if data.startswith("rubric_world:"):
+        regime = data.split(":", 1)[1]
+        if regime not in rubric_world.REGIMES:
+            raise ValueError(f"unknown Rubric World regime {regime!r}; choose one of {', '.join(rubric_world.REGIMES)}")
+        return rubric_world.make_splits(seed=0, n_unseen=0, **rubric_world.REGIMES[regime])
     prompts = ifeval.load_prompts() if data == "ifeval" else load_rubric_dataset(data)
     return held_out_splits(prompts)
 
@@ -75,6 +81,28 @@ def evaluation_task(data: str, split: str, judge: str, judge_model: str = "", da
     if judge == "ifeval":
         return splits[split], {"strict": ifeval.IFEvalJudge(), "loose": ifeval.IFEvalJudge(loose=True)}
     return splits[split], {judge: make_judge(judge, judge_model, device, dtype)}
+
+
+def data_checkers(data: str) -> dict:
+    """The rule checkers of a dataset's rubrics ({type: check(response, **args) -> bool}): IFEval's for ifeval,
+    Rubric World's for rubric_world, both for a rubric file (a rubric without a checker is an LLM judge's)."""
+    if data == "ifeval":
+        return ifeval.checkers()
+    return dict(rubric_world.CHECKERS) if is_rubric_world(data) else {**rubric_world.CHECKERS, **ifeval.checkers()}
+
+
+def is_rubric_world(data: str) -> bool:
+    """Rubric World or one of its regimes ("rubric_world:local", ...)."""
+    return data == "rubric_world" or data.startswith("rubric_world:")
+
+
+def batch_metrics(data: str, prompts: list[dict], texts: list[list[str]]) -> dict:
+    """What a task logs about a batch of sampled responses beyond the rewards: on Rubric World, the share that
+    repeat a rubric's word 3+ times where no rubric asks for it (the token term's reward hacking)."""
+    if not is_rubric_world(data):
+        return {}
+    repeats = [rubric_world.repeats_a_rubric_word(p, t) for p, group in zip(prompts, texts) for t in group]
+    return {"hacking/repeated_rubric_word": sum(repeats) / len(repeats)}
 
 
 def make_judge(kind: str, judge_model: str = "", device: str = "cpu", dtype: str = "auto"):

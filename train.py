@@ -20,8 +20,7 @@ One step (letters as in the dimension legend):
     rtt_grpo.py                        ▼  A = Â + λ·Ã (B, G, T) ──► clipped surrogate ──► loss ()       5.
 
 Presets.  toy (default) | smollm2 | paper: one table, PRESETS below; flags override a preset's values.
-Memory.   --max_batch_tokens > 0 generates in chunks and computes log-probs and gradients in row micro-batches
-          of at most that many sequence positions (gradient accumulation, the same gradient as one batch).
+Memory.   --max_batch_tokens bounds every forward (generation, log-probs, backward) by sequence positions.
 
 Deviations (numbered as in the README's list, tagged `# DEVIATION(n)`):
   5. The toy preset replaces the 4B–7B instruct policy, DeepSeek judge and LLM-trained discriminator with
@@ -31,9 +30,8 @@ Deviations (numbered as in the README's list, tagged `# DEVIATION(n)`):
   7. As in the authors' pipeline w = 0 at the end-of-sequence token, which our discriminator does read.
 With one pass per batch (μ = 1, the paper's runs) π_θold = π_θ: old log-probs are the current ones, detached.
 
-Logged metrics: loss/policy stays near 0 by construction (advantages have zero mean within each group) and
-says nothing about progress; judge by reward/mean and rubric/pass_rate. reward/frac_zero_std near 1 means
-almost every group is tied (all pass or all fail): no learning signal from the response reward.
+Logged metrics: loss/policy stays near 0 by construction (advantages have zero mean within each group); judge by
+reward/mean and rubric/pass_rate. reward/frac_zero_std near 1: almost every group is tied, GRPO has no signal.
 """
 
 import json
@@ -50,6 +48,7 @@ from transformers import HfArgumentParser
 import build_discriminator
 import eval as evaluation
 import policies
+import released_code
 import rubric_world
 import run_files
 import tasks
@@ -61,12 +60,12 @@ from rtt_grpo import LOSS_AGGREGATIONS, combine_advantages, policy_loss
 
 # Every preset in one table; a field a preset does not name keeps the Config default (= the toy run).
 PRESETS = {
-    # CPU, offline, minutes. DEVIATION(6): binary relevance (soft weights under the intra-sample z-score turned a
-    # tiny discriminator's small, nearly constant weights into O(1) noise and the policy collapsed: README,
-    # rtt-soft); the end-of-sequence token keeps only the response advantage (README, rtt-eos).
+    # CPU, offline, minutes. DEVIATION(6): binary relevance (soft weights: the intra-sample z-score turned small, nearly
+    # constant weights into O(1) noise, the policy collapsed); EOS keeps only the response advantage (RESULTS.md).
     "toy": dict(relevance_threshold=0.5, eos_token_advantage=False),
-    # SmolLM2-135M-Instruct on IFEval prompts judged by IFEval's checkers; a CPU runs it, slowly.
-    "smollm2": dict(policy="smollm2", data="ifeval", judge="ifeval", relevance="uniform", group_size=4,
+    # SmolLM2-135M-Instruct on IFEval's prompts and checkers; its discriminator is built on first use (its own
+    # responses, minimal edits found by checker search: build_discriminator.py). A CPU runs it, slowly.
+    "smollm2": dict(policy="smollm2", data="ifeval", judge="ifeval", relevance="discriminator", group_size=4,
                     prompts_per_step=2, max_steps=50, lr=1e-6, warmup_steps=20, max_new_tokens=128,
                     temperature=0.99, top_p=0.99, top_k=100, max_batch_tokens=16384, eval_every=25,
                     eval_prompts=16, eval_samples=2, out_dir="out/smollm2"),
@@ -95,7 +94,7 @@ class Config:
     data: str = arg("rubric_world", "rubric_world | ifeval | a JSONL / saved datasets dir / name of rubric prompts")
     judge: str = arg("rule", f"{' | '.join(tasks.JUDGES)} (rule = Rubric World's checkers)")
     judge_model: str = arg("", "causal LM of the llm / hybrid judge (dir or hub id)")
-    discriminator: str = arg("", "trained discriminator dir for a real policy (the toy one is built automatically)")
+    discriminator: str = arg("", "a saved discriminator dir (default: built for the policy and data on first use)")
     dtype: str = arg("auto", "auto (bf16 on CUDA, else fp32) | float32 | bfloat16")
     gradient_checkpointing: bool = arg(False, "recompute activations in backward")
     max_batch_tokens: int = arg(0, "generate, back-propagate and run the discriminator in pieces of at most this many "
@@ -104,7 +103,7 @@ class Config:
     lam: float = arg(0.5, "λ: weight of the token advantage; 0 gives GRPO exactly")
     method: str = arg("add", "add: Â + λÃ | mix: (1−λ)Â + λÃ")
     reward: str = arg("aon", "response reward: aon (all-or-nothing) | mean (CSR)")
-    norm: str = arg("intra", f"token normalisation: {' | '.join(TOKEN_NORMS)}")
+    norm: str = arg("intra", f"token normalisation: {' | '.join(TOKEN_NORMS)} | released_code (the authors' as it runs)")
     relevance: str = arg("discriminator", f"w: {' | '.join(RELEVANCE_KINDS)}")
     relevance_threshold: float = arg(0.0, "0: soft weights w (the paper); > 0: w = 1 where w >= threshold, else 0")
     eos_token_advantage: bool = arg(True, "True: the end-of-sequence token is in the token-level term (the paper); "
@@ -159,7 +158,7 @@ def parse_config(argv: list[str]) -> Config:
         (cfg,) = parser.parse_args_into_dataclasses(args=flags)
     except ValueError as error:                                                  # an unknown flag, a typo
         raise SystemExit(f"{error} (python train.py --help lists every flag)") from error
-    choices = {"method": ("add", "mix"), "reward": ("aon", "mean"), "norm": TOKEN_NORMS,
+    choices = {"method": ("add", "mix"), "reward": ("aon", "mean"), "norm": TOKEN_NORMS + ("released_code",),
                "relevance": RELEVANCE_KINDS, "loss_agg": LOSS_AGGREGATIONS, "judge": tasks.JUDGES}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
@@ -170,15 +169,15 @@ def parse_config(argv: list[str]) -> Config:
         raise SystemExit("need --lam >= 0, --group_size >= 2, --prompts_per_step >= 1, --max_steps >= 1")
     refusals = [
         (not cfg.data, f"preset {cfg.preset!r} needs --data: ifeval, or a JSONL / datasets dir or name of rubric prompts"),
-        (cfg.policy == "toy" and cfg.data != "rubric_world",
+        (cfg.policy == "toy" and not tasks.is_rubric_world(cfg.data),
          f"the toy policy only knows Rubric World's words; for --data {cfg.data} use --policy smollm2 or a model path"),
-        (cfg.relevance == "oracle" and cfg.data != "rubric_world",
+        (cfg.relevance == "oracle" and not tasks.is_rubric_world(cfg.data),
          "--relevance oracle needs Rubric World (its minimal-edit labels); choose discriminator, uniform or random"),
         (cfg.judge in ("llm", "hybrid") and not cfg.judge_model,
          f"--judge {cfg.judge} needs --judge_model (a causal LM directory or hub id)"),
-        (cfg.relevance == "discriminator" and cfg.policy != "toy" and not cfg.discriminator,
-         "--relevance discriminator with a real policy needs --discriminator DIR (a token classifier saved with "
-         "discriminator.save_discriminator, sharing the policy's tokenizer); or choose --relevance uniform | random")]
+        (cfg.norm == "released_code" and (not cfg.eos_token_advantage or cfg.relevance_threshold),
+         "--norm released_code reproduces the released pipeline whole: add --eos_token_advantage True "
+         "--relevance_threshold 0 (its weights are truncated to integers inside; released_code.py)")]
     for refused, message in refusals:
         if refused:
             raise SystemExit(message)
@@ -203,8 +202,9 @@ def train(cfg: Config) -> dict:
         cfg.policy, str(device), cfg.dtype, cfg.gradient_checkpointing))
     judge = load(lambda: tasks.make_judge(cfg.judge, cfg.judge_model, str(device), cfg.dtype))
     relevance_fn = load(lambda: build_discriminator.relevance_provider(  # w (B, G, K, T) of a batch; DEVIATION(5)
-        cfg.relevance, cfg.policy, tokenizer, str(device), cfg.seed, cfg.discriminator, cfg.max_batch_tokens))
+        cfg.relevance, cfg.policy, cfg.data, tokenizer, str(device), cfg.seed, cfg.discriminator, cfg.max_batch_tokens))
     ref_model = None if cfg.kl_coef == 0 else policies.load_policy(cfg.policy, str(device), cfg.dtype)[0]  # π_ref
+    token_norm = token_advantages if cfg.norm in TOKEN_NORMS else released_code.token_advantages  # never a default
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / max(cfg.warmup_steps, 1), 1.0))
     generators = {"relevance": relevance_fn.generator} if hasattr(relevance_fn, "generator") else {}  # random w
@@ -225,9 +225,9 @@ def train(cfg: Config) -> dict:
             write_json(start_path, run_eval("test"))
         with open(start_path) as f:
             summary["start"] = json.load(f)
-    print(f"training {cfg.preset}: λ={cfg.lam} {cfg.method}, reward {cfg.reward}, norm {cfg.norm}, relevance "
-          f"{cfg.relevance}{f' (w >= {cfg.relevance_threshold})' if cfg.relevance_threshold else ''}, "
-          f"B={cfg.prompts_per_step} G={cfg.group_size}, steps {start_step}->{cfg.max_steps}, {device}")
+    print(f"training {cfg.preset}: λ={cfg.lam} {cfg.method}, reward {cfg.reward}, norm {cfg.norm}, relevance {cfg.relevance}"
+          f"{f' (w >= {cfg.relevance_threshold})' if cfg.relevance_threshold else ''}, B={cfg.prompts_per_step} "
+          f"G={cfg.group_size}, steps {start_step}->{cfg.max_steps}, {device}")
     shown = None
     progress = tqdm(range(start_step, cfg.max_steps), initial=start_step, total=cfg.max_steps, desc="RL", unit="step")
     for step in progress:
@@ -245,8 +245,7 @@ def train(cfg: Config) -> dict:
         # ------------------------------------------------------------ 2. judge every rubric: s (rewards.py)
         tic = time.perf_counter()
         texts = decode_responses(tokenizer, response_ids, token_mask)        # B x G strings
-        rubric_scores, rubric_mask = judge(prompts, texts)                   # (B, G, K) ±1, (B, K)
-        rubric_scores, rubric_mask = rubric_scores.to(device), rubric_mask.to(device)
+        rubric_scores, rubric_mask = (x.to(device) for x in judge(prompts, texts))  # (B, G, K) ±1, (B, K)
         timings["time/judge"] = time.perf_counter() - tic
         # ------------------------------------------------------------ 3. token relevance: w (discriminator.py)
         tic = time.perf_counter()
@@ -264,7 +263,7 @@ def train(cfg: Config) -> dict:
         resp_adv = group_advantages(resp_reward, cfg.eps)                       # (B, G)        Â
         tok_reward = token_rewards(rubric_scores, relevance)                    # (B, G, K, T)  r = s·w
         token_term = token_mask if cfg.eos_token_advantage else token_mask & ~is_eos  # DEVIATION(6): EOS left to Â
-        tok_adv = token_advantages(cfg.norm, tok_reward, token_term, rubric_mask, rubric_scores, cfg.eps)  # Ã
+        tok_adv = token_norm(cfg.norm, tok_reward, token_term, rubric_mask, rubric_scores, cfg.eps)  # (B, G, T)  Ã
         advantages = combine_advantages(resp_adv, tok_adv, cfg.lam, cfg.method)  # (B, G, T)     A = Â + λ·Ã
         # ------------------------------------------------------------ 5. policy update (rtt_grpo.py)
         tic = time.perf_counter()
@@ -277,7 +276,7 @@ def train(cfg: Config) -> dict:
                                             response_ids, token_mask, tokenizer.eos_token_id),
                    "loss/policy": loss, "clip_frac": loss_metrics["clip_frac"], "kl_old": loss_metrics["approx_kl_old"],
                    "kl_ref": loss_metrics["kl_ref"], "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
-                   **timings, "time/step": sum(timings.values())}
+                   **tasks.batch_metrics(cfg.data, prompts, texts), **timings, "time/step": sum(timings.values())}
         first_metrics = first_metrics or metrics
         if not collapse and (warning := run_files.collapse_warning(first_metrics, metrics)):
             collapse = f"step {step}: {warning}"
@@ -320,12 +319,9 @@ def load(build):
 
 def policy_update(model, ref_model, optimizer, tokenizer, cfg: Config, prompt_ids, response_ids, token_mask,
                   advantages, amp) -> tuple[float, dict, float]:
-    """ppo_epochs optimiser steps on one batch, each over row micro-batches within max_batch_tokens (gradient
-    accumulation whose weighted sum is exactly the one-batch loss). Forward passes run under `amp()` (bf16
-    autocast; the weights and AdamW's state stay float32). Returns (loss, metrics over the whole batch, grad norm).
-
-    Shapes:  response_ids, token_mask (B, G, T);  advantages (B, G, T) A;  prompt_ids B token lists
-    """
+    """ppo_epochs optimiser steps on one batch over row micro-batches within max_batch_tokens (gradient accumulation,
+    exactly the one-batch gradient), forward passes under amp() (bf16 autocast on float32 weights). Shapes:
+    response_ids, token_mask, advantages A (B, G, T). Returns (loss, metrics over the whole batch, grad norm)."""
     model.train()
     flat_ids, flat_mask, flat_adv = response_ids.flatten(0, 1), token_mask.flatten(0, 1), advantages.flatten(0, 1)  # (N, T)
     flat_prompts = [ids for ids in prompt_ids for _ in range(cfg.group_size)]   # N prompt id lists

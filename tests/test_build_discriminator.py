@@ -1,10 +1,17 @@
-"""build_discriminator.py: the toy discriminator is cached by what it was built from and rebuilt when that changes."""
+"""build_discriminator.py and checker_edits.py: discriminators are cached by what they were built from (the toy one,
+and a real policy's on its dataset), minimal edits are found by checker search, and mismatches are refused."""
+
+import json
+import os
 
 import pytest
 import torch
 
 import build_discriminator
+import checker_edits
 import rubric_world
+import train
+from tiny_models import build_tiny_chat_model
 
 
 def test_load_or_train_caches_by_settings(tmp_path, monkeypatch, capsys):
@@ -21,3 +28,100 @@ def test_load_or_train_caches_by_settings(tmp_path, monkeypatch, capsys):
     with pytest.raises(ValueError, match="unknown discriminator settings"):
         build_discriminator.load_or_train_toy_discriminator(cache_dir=str(tmp_path / "d"), settings={"step": 3})
 
+
+
+# ----------------------------------------------------------------------------- a discriminator for a real policy
+
+def test_checker_search_labels_the_token_that_decides_and_counts_the_rest():
+    _, tok = build_tiny_chat_model("qwen2")
+    eos = tok.eos_token_id
+    ids = tok("the boat sails near the harbour", add_special_tokens=False)["input_ids"] + [eos]
+    boat = tok(" boat", add_special_tokens=False)["input_ids"]
+    assert len(boat) == 1 and boat[0] in ids
+    prompt = {"id": "p", "rubrics": [
+        rubric_world.make_rubric("include", word="boat") | {"description": "Include 'boat'."},
+        {"type": "length", "args": {"lo": 1, "hi": 30}, "description": "Use 1 to 30 words."},
+        {"type": "crashes", "args": {}, "description": "A checker that raises."},
+        {"type": "llm", "args": {}, "description": "Be friendly."}]}
+    checkers = {"include": lambda text, word: word in text.split(), "length": lambda text, lo, hi: lo <= len(text.split()) <= hi,
+                "crashes": lambda text: 1 / 0}
+    examples, stats = build_discriminator.checker_examples([prompt], [[ids, [eos]]], tok, checkers, max_calls=300)
+    include = [e for e in examples if e["type"] == "include"]
+    assert [e["side"] for e in include] == ["positive", "negative"] and all(e["scope"] == "tokens" for e in include)
+    assert include[0]["response_ids"] == ids and include[0]["identifiable"]      # the deleted word, on its side
+    assert [i for i, y in zip(ids, include[0]["labels"]) if y] == boat           # only "boat" is relevant
+    (length,) = [e for e in examples if e["type"] == "length"]                  # no small edit flips 1..30 words
+    assert length["scope"] == "whole" and set(length["labels"]) == {1.0}
+    assert stats["include"] == {"pairs": 2, "calls": stats["include"]["calls"], "token_labels": 1, "empty": 1}
+    assert stats["length"]["whole"] == 1 and 50 < stats["length"]["calls"] <= 300   # every candidate tried
+    assert stats["crashes"]["crashed"] == 1 and stats["llm"]["no_checker"] == 2
+
+
+def test_the_search_finds_a_smallest_edit_first():
+    calls = []
+
+    def verdict(ids):
+        calls.append(ids)
+        return 7 not in ids or ids.count(7) > 1                                  # two 7s or none: "passes"
+
+    edited, kind, n = checker_edits.minimal_edit([1, 7, 3, 2], verdict, puts=[[7]])
+    assert (edited, kind) == ([1, 3, 2], "delete") and n == len(calls) == 3
+    edited, kind, _ = checker_edits.minimal_edit([1, 3, 2], lambda ids: 7 in ids, puts=[[7, 8]])
+    assert (edited, kind) == ([7, 8, 1, 3, 2], "put")                            # nothing to delete: a put
+
+
+@pytest.fixture
+def tiny_real_setup(tmp_path, monkeypatch):
+    monkeypatch.setenv("RTT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(build_discriminator, "REAL_RECIPE", {**build_discriminator.REAL_RECIPE, "samples": 2,
+                        "max_new_tokens": 6, "steps": 4, "batch_size": 4, "hidden": 16, "heads": 2, "intermediate": 32,
+                        "max_calls": 60})
+    model, tokenizer = build_tiny_chat_model("llama", seed=5)
+    model.save_pretrained(tmp_path / "policy")
+    tokenizer.save_pretrained(tmp_path / "policy")
+    rows = [{"id": f"q{i}", "prompt": f"Write about the sea, part {i}.", "rubrics": [
+        {"type": "include", "args": {"word": "sea"}, "description": "Include 'sea'."},
+        {"type": "exclude", "args": {"word": "the"}, "description": "Avoid 'the'."}]} for i in range(12)]
+    (tmp_path / "rubrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(tmp_path / "policy"), str(tmp_path / "rubrics.jsonl")
+
+
+def test_a_real_policys_discriminator_is_built_once_and_refused_for_other_data(tiny_real_setup, tmp_path, capsys):
+    policy_dir, data_path = tiny_real_setup
+    disc, disc_tokenizer, meta = build_discriminator.build_real_discriminator(policy_dir, data_path)
+    assert "discriminator for" in capsys.readouterr().out
+    assert meta["examples"] > 0 and set(meta["coverage"]) == {"include", "exclude"}
+    assert meta["coverage"]["include"]["pairs"] == 2 * 10                        # 2 samples x 10 training prompts
+    assert {"discriminator", "uniform", "random"} <= set(meta["report"]["all"])
+    again = build_discriminator.build_real_discriminator(policy_dir, data_path)
+    assert capsys.readouterr().out == "" and again[2]["key"] == meta["key"]      # reused, not rebuilt
+    out_dir = str(tmp_path / "cache" / "discriminators" / f"policy-{os.path.basename(data_path)}")
+    with pytest.raises(ValueError, match="built for --data"):
+        build_discriminator.relevance_provider("discriminator", policy_dir, "other.jsonl", disc_tokenizer,
+                                               discriminator_dir=out_dir)
+    with pytest.raises(ValueError, match="tokenizer differs"):
+        build_discriminator.relevance_provider("discriminator", policy_dir, data_path, rubric_world.build_tokenizer(),
+                                               discriminator_dir=out_dir)
+    heatmap = tmp_path / "heat.png"                                              # the command line, on the cache
+    build_discriminator.main(["--policy", policy_dir, "--data", data_path, "--heatmap", str(heatmap), "--json",
+                              str(tmp_path / "report.json")])
+    assert heatmap.exists() and (tmp_path / "heat.html").exists()
+    assert json.loads((tmp_path / "report.json").read_text())["key"] == meta["key"]
+
+
+def test_train_builds_the_discriminator_of_a_real_policy_on_first_use(tiny_real_setup, tmp_path):
+    policy_dir, data_path = tiny_real_setup
+    summary = train.main(["paper", "--policy", policy_dir, "--data", data_path, "--judge", "rule", "--dtype", "float32",
+                          "--device", "cpu", "--max_steps", "1", "--prompts_per_step", "2", "--group_size", "2",
+                          "--max_new_tokens", "5", "--final_eval", "false", "--eval_every", "0",
+                          "--out_dir", str(tmp_path / "run")])
+    metrics = json.loads(open(os.path.join(tmp_path, "run", "metrics.jsonl")).readline())
+    assert metrics["time/relevance"] > 0 and 0 < metrics["relevance/mean"] < 1 and summary["collapse"] is None
+
+
+def test_a_dataset_without_checkers_asks_for_an_llm_labelled_discriminator(tiny_real_setup, tmp_path):
+    policy_dir, _ = tiny_real_setup
+    rows = [{"id": f"q{i}", "prompt": f"Say hi {i}.", "rubrics": ["Be friendly."]} for i in range(6)]
+    (tmp_path / "llm_only.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(ValueError, match="no rubric of .* has a rule checker"):
+        build_discriminator.build_real_discriminator(policy_dir, str(tmp_path / "llm_only.jsonl"))

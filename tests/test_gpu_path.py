@@ -171,7 +171,7 @@ def write_run_inputs(tmp_path):
     tokenizer.save_pretrained(tmp_path / "policy")
     rows = [{"id": f"q{i}", "prompt": f"Write about the sea, part {i}.", "rubrics": [
         {"type": "include", "args": {"word": "sea"}, "description": "Include 'sea'."},
-        {"type": "exclude", "args": {"word": "boat"}, "description": "Avoid 'boat'."}]} for i in range(12)]
+        {"type": "exclude", "args": {"word": "boat"}, "description": "Avoid 'boat'."}]} for i in range(40)]
     (tmp_path / "rubrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     return str(tmp_path / "policy"), str(tmp_path / "rubrics.jsonl")
 
@@ -200,7 +200,7 @@ def test_every_generation_and_forward_stays_within_the_memory_budget(tmp_path, m
                                                              tasks.load_splits(data_path)["train"]))
     budget = 2 * 2 * (longest + 5)                                                 # two prompts' G = 2 rows per chunk
     train.main(tiny_run(policy_dir, data_path, str(tmp_path / "run"), "--max_steps", "2", "--max_batch_tokens",
-                        str(budget)))
+                        str(budget), "--eval_prompts", "4"))                        # 4 prompts x 2 samples: 2 chunks
     shapes = seen[0]
     assert len(shapes) > 20 and max(rows * positions for rows, positions in shapes) <= budget
     assert max(rows for rows, _ in shapes) > 1                                     # the budget was used, not 1 row
@@ -224,7 +224,7 @@ def test_a_checkpoint_is_evaluated_on_its_own_data_and_judge(tmp_path):
     train.main(tiny_run(policy_dir, data_path, str(tmp_path / "run"), "--max_steps", "1", "--final_eval", "false"))
     ckpt = str(tmp_path / "run" / "ckpt.pt")
     result = evaluation.main(["--checkpoint", ckpt, "--samples", "0", "--max_new_tokens", "4"])
-    assert result["data"] == data_path and result["judge"] == "rule" and result["n_prompts"] == 1  # its test split
+    assert result["data"] == data_path and result["judge"] == "rule" and result["n_prompts"] == 4  # its test split
     assert set(result) >= {"rule"} and result["rule"]["greedy"]["per_type"].keys() == {"include", "exclude"}
     with pytest.raises(SystemExit, match="trained on --data"):
         evaluation.main(["--checkpoint", ckpt, "--data", "rubric_world"])

@@ -250,3 +250,27 @@ def test_oracle_relevance_rejects_bad_shapes():
     with pytest.raises(ValueError, match="2 prompts"):
         rubric_world.oracle_relevance(prompts * 2, torch.zeros(1, 1, 3, dtype=torch.long),
                               torch.ones(1, 1, 3, dtype=torch.bool), tokenizer)
+
+
+def test_regimes_restrict_the_rubrics_and_keep_the_default_draws():
+    import tasks
+
+    local = tasks.load_splits("rubric_world:local")["test"]
+    assert all(r["type"] in rubric_world.LOCAL_TYPES for p in local for r in p["rubrics"])
+    assert {r["type"] for p in tasks.load_splits("rubric_world:global")["val"] for r in p["rubrics"]} == {
+        "length", "count", "parts"}
+    assert {len(p["rubrics"]) for p in tasks.load_splits("rubric_world:k6")["val"]} == {6}
+    assert tasks.load_splits("rubric_world") == rubric_world.make_splits(seed=0)
+    with pytest.raises(ValueError, match="unknown Rubric World regime"):
+        tasks.load_splits("rubric_world:nope")
+
+
+def test_repeating_a_rubric_word_is_counted_unless_a_count_rubric_asks_for_it():
+    prompt = {"rubrics": [make_rubric("include", word="boat"), make_rubric("count", word="fish", n=3)]}
+    assert rubric_world.repeats_a_rubric_word(prompt, "boat boat the boat")
+    assert not rubric_world.repeats_a_rubric_word(prompt, "boat fish fish fish")        # asked for: 3 fish
+    assert not rubric_world.repeats_a_rubric_word(prompt, "the the the boat")           # 'the' is no rubric's word
+    import tasks
+    texts = [["boat boat boat", "boat"], ["fish", "a"]]
+    assert tasks.batch_metrics("rubric_world:k3", [prompt, prompt], texts) == {"hacking/repeated_rubric_word": 0.25}
+    assert tasks.batch_metrics("ifeval", [prompt, prompt], texts) == {}

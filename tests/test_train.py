@@ -179,8 +179,8 @@ def test_paper_preset_on_a_tiny_llama_with_hybrid_judge_discriminator_and_micro_
 def test_real_model_configs_missing_a_part_are_refused():
     with pytest.raises(SystemExit, match="needs --data"):
         train.parse_config(["paper"])
-    with pytest.raises(SystemExit, match="needs --discriminator"):
-        train.parse_config(["paper", "--data", "x.jsonl", "--judge", "rule"])
+    built_on_first_use = train.parse_config(["paper", "--data", "x.jsonl", "--judge", "rule"])
+    assert built_on_first_use.relevance == "discriminator" and built_on_first_use.discriminator == ""
     with pytest.raises(SystemExit, match="needs --judge_model"):
         train.parse_config(["paper", "--data", "x.jsonl", "--relevance", "uniform"])
     with pytest.raises(SystemExit, match="toy policy only knows"):

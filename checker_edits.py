@@ -1,0 +1,85 @@
+"""
+checker_edits.py — the paper's minimal modifications, found by code: for a response and a rubric with a rule checker,
+a smallest edit of the response's tokens that flips the checker's verdict, and the token-diff labels of both sides.
+
+Paper:    RTT appendix (discriminator training data): a positive response, a minimal modification that violates
+          exactly one rubric, the tokens that differ labelled relevant; RTT_SPEC.md §4. There an LLM writes the
+          edit; where a rubric has a checker (IFEval's, Rubric World's) a bounded search can find one instead, and
+          the checker itself confirms that the verdict flipped.
+Input:    a response as token ids (its end-of-sequence token, if any, left untouched), a verdict function
+          ids -> bool (the checker on the decoded text), token sequences to put in (the rubric's own words first)
+Output:   the edited ids and the size of the edit, or None when no edit within the budget flips the verdict
+
+Search, small edits first, leftmost first, at most `max_calls` checker calls per (response, rubric):
+  1. delete one token;          2. delete every occurrence of one token (a repeated keyword, every comma);
+  3. put a candidate (a rubric's word, a punctuation mark, a capitalised word) at the start or at the end;
+  4. delete a span of 2, then 3 tokens;     5. put a candidate in place of a token, or before it.
+A verdict a small edit cannot flip ("at least 300 words", a paragraph count, the response's language) exhausts the
+budget: such a rubric is about the whole response, and its response is labelled 1 everywhere (counted apart).
+A put has no place the response marks (trap 2 of RTT_SPEC §4): the edited side's label is identifiable (the word put
+in), the original side's is not.
+"""
+
+from typing import Callable, Iterator
+
+from discriminator import make_example, token_diff_labels
+
+MAX_CALLS = 600                  # checker calls per (response, rubric): bounds the search (IFEval's slowest, the
+#                                  language check, costs ~12 ms a call on a 2-core CPU)
+
+
+def candidate_edits(ids: list[int], puts: list[list[int]], tail: int = 1) -> Iterator[tuple[str, list[int]]]:
+    """(kind of edit, edited ids) in the order of the card; the last `tail` tokens (the EOS) are never touched.
+    `puts`: token sequences an edit may put in (a rubric's word may take several tokens).
+
+    >>> [e for _, e in candidate_edits([5, 6, 5, 2], [[9]])][:7]   # one out, both 5s out, 9 at the ends, 2 out
+    [[6, 5, 2], [5, 5, 2], [5, 6, 2], [6, 2], [9, 5, 6, 5, 2], [5, 6, 5, 9, 2], [5, 2]]
+    """
+    body, eos = ids[:len(ids) - tail], ids[len(ids) - tail:]
+    for t in range(len(body)):                                                    # 1. one token out
+        yield "delete", body[:t] + body[t + 1:] + eos
+    for token in dict.fromkeys(body):                                             # 2. every copy of one token out
+        if body.count(token) > 1:
+            yield "delete", [i for i in body if i != token] + eos
+    for new in puts:                                                              # 3. put in at the start, at the end
+        yield "put", new + body + eos
+        yield "put", body + new + eos
+    for width in (2, 3):                                                          # 4. a short span out
+        for t in range(len(body) - width + 1):
+            yield "delete", body[:t] + body[t + width:] + eos
+    for new in puts:
+        for t in range(len(body)):                                                # 5. in place of a token, or before it
+            if body[t:t + 1] != new:
+                yield "put", body[:t] + new + body[t + 1:] + eos
+            yield "put", body[:t] + new + body[t:] + eos
+
+
+def minimal_edit(ids: list[int], verdict: Callable[[list[int]], bool], puts: list[list[int]],
+                 max_calls: int = MAX_CALLS, tail: int = 1) -> tuple[list[int] | None, str, int]:
+    """The first candidate edit (smallest first) whose verdict differs from the response's: (edited ids, kind
+    "delete" | "put", checker calls spent); (None, "none", calls) when none does within max_calls. A checker that
+    raises propagates (the caller counts it)."""
+    original, calls = verdict(ids), 1
+    for kind, edited in candidate_edits(ids, puts, tail):
+        if calls >= max_calls:
+            break
+        calls += 1
+        if verdict(edited) != original:
+            return edited, kind, calls
+    return None, "none", calls
+
+
+def label_pair(ids: list[int], edited: list[int] | None, kind: str, rubric: dict, passes: bool, **info) -> list[dict]:
+    """Discriminator examples of one (response, rubric): both sides of the minimal pair with their token-diff labels
+    (side "positive" meets the rubric, "negative" does not; a label is identifiable from its own side when that side
+    holds the edited tokens: the original of a deletion, the result of a put), or, with no edit, the response
+    labelled 1 everywhere (scope "whole": the rubric is about the whole response)."""
+    common = dict(type=rubric["type"], **info)
+    if edited is None:
+        return [make_example(rubric["description"], ids, [1.0] * len(ids), violated=not passes, scope="whole",
+                             side="positive" if passes else "negative", identifiable=False, edited=False, **common)]
+    ids_labels, edited_labels = token_diff_labels(ids, edited)
+    sides = [(ids, ids_labels, passes, kind == "delete"), (edited, edited_labels, not passes, kind == "put")]
+    return [make_example(rubric["description"], side_ids, labels, violated=not meets, scope="tokens", edited=is_edit,
+                         side="positive" if meets else "negative", identifiable=holds_edit, **common)
+            for (side_ids, labels, meets, holds_edit), is_edit in zip(sides, (False, True))]
