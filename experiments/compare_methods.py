@@ -94,16 +94,20 @@ def train_command(method: str, seed: int, args) -> list[str]:
 
 def run_one(method: str, seed: int, args) -> tuple[str, int, int, float]:
     """Run train.py in a child process with one thread; its output goes to the run's log.txt."""
-    directory = run_dir(args.out, method, seed)
+    code, seconds = run_command(run_dir(args.out, method, seed), train_command(method, seed, args))
+    return method, seed, code, seconds
+
+
+def run_command(directory: str, command: list[str]) -> tuple[int, float]:
+    """Run one command with one thread, its output appended to directory/log.txt: (exit code, seconds)."""
     os.makedirs(directory, exist_ok=True)
-    command = train_command(method, seed, args)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     start = time.time()
     with open(os.path.join(directory, "log.txt"), "a") as log:
         log.write("$ " + " ".join(command) + "\n")
         log.flush()
         code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT).returncode
-    return method, seed, code, time.time() - start
+    return code, time.time() - start
 
 
 def build_shared_models() -> None:
