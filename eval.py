@@ -7,7 +7,7 @@ Input:    a policy (the toy, smollm2, a directory, or a train.py checkpoint: eva
           or a JSONL of responses; prompt dicts with rubrics (tasks.py); a judge
           judge(prompts (B), responses (B x G strings)) -> (scores (B, G, K) in {+1, −1}, rubric_mask (B, K))
 Output:   a report per (judge, decoding): {"instruction_accuracy", "instruction_accuracy_ci95", "rubric_accuracy",
-          "rubric_accuracy_ci95", "per_type", "mean_words", "n_responses"}; --json writes them all, --items one
+          "rubric_accuracy_ci95", "per_type", "mean_words", "n_responses", "checker_errors"}; --json writes them, --items one
           JSONL row per prompt with every response and its per-rubric verdicts
 
 Metrics.  instruction-level accuracy = share of responses that pass EVERY rubric of their prompt (IFEval calls
@@ -17,8 +17,9 @@ Metrics.  instruction-level accuracy = share of responses that pass EVERY rubric
 Decoding. greedy: one response per prompt (argmax decoding is deterministic, so more would be copies);
           sampled: n_samples responses per prompt, drawn with one torch.Generator seeded by `seed`. Every
           generation runs in chunks of at most `max_batch_tokens` sequence positions (rollout.generate).
-Judges.   IFEval is scored strict and loose (lm-eval's two tests); Rubric World by its rule checkers; a
-          checkpoint's own data by the judge it trained with.
+Judges.   IFEval and IFBench are scored strict and loose (their libraries' two tests); Rubric World by its rule
+          checkers; a checkpoint's own data by the judge it trained with. A checker that raises scores NO, and the
+          number of such calls per rubric type is reported ("checker_errors"), never hidden.
 Interval. 95% normal-approximation interval over PROMPTS, the independent units (the responses of one
           prompt share its rubrics and are correlated). With n_b responses (or (response, rubric) pairs)
           and p_b passes for prompt b, the accuracy is the ratio r = Σ_b p_b / Σ_b n_b and its standard
@@ -30,14 +31,14 @@ Additions:  the paper reports no intervals; we do. Rubric World is scored by rul
 
 Demo:     python eval.py                                             # warm-start toy policy, Rubric World test split
           python eval.py --checkpoint out/toy/ckpt.pt --json out/eval.json
-          python eval.py --data ifeval --split all --policy smollm2  # a benchmark, strict and loose
+          python eval.py --data ifeval --split all --policy smollm2  # a benchmark (ifeval, ifbench), strict and loose
           python eval.py --data ifeval --split all --responses answers.jsonl   # score responses, no generation
 """
 
 import math
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import torch
@@ -98,7 +99,9 @@ def verdicts(prompts: list[dict], responses: list[list[str]], judge) -> list[tor
 
 
 def accuracy_report(prompts: list[dict], responses: list[list[str]], judge) -> dict:
-    """Accuracies of B groups of responses (a group may hold any number >= 1 of responses); see the card."""
+    """Accuracies of B groups of responses (a group may hold any number >= 1 of responses), see the card, and the
+    checker calls that raised (scored NO) per rubric type."""
+    errors_before = len(getattr(judge, "errors", []))
     passed = verdicts(prompts, responses, judge)
     type_passed, type_total = defaultdict(int), defaultdict(int)
     for prompt, table in zip(prompts, passed):
@@ -113,18 +116,17 @@ def accuracy_report(prompts: list[dict], responses: list[list[str]], judge) -> d
     return {"instruction_accuracy": instruction, "instruction_accuracy_ci95": instruction_ci,
             "rubric_accuracy": rubric, "rubric_accuracy_ci95": rubric_ci,
             "per_type": {t: type_passed[t] / type_total[t] for t in sorted(type_total)},
-            "mean_words": sum(lengths) / len(lengths), "n_responses": len(lengths)}
+            "mean_words": sum(lengths) / len(lengths), "n_responses": len(lengths),
+            "checker_errors": dict(Counter(error["type"] for error in getattr(judge, "errors", [])[errors_before:]))}
 
 
 # ----------------------------------------------------------------------------- generate and score
 @torch.no_grad()
 def generate_texts(model, tokenizer, prompts: list[dict], n_samples: int, max_new_tokens: int, seed: int = 0,
                    max_batch_tokens: int = UNLIMITED, progress: bool = False, **sampling) -> dict[str, list]:
-    """{"greedy": B lists of 1 text, "sampled": B lists of n_samples texts (absent when n_samples is 0)}.
-
-    Prompts go through rollout.generate in chunks of at most max_batch_tokens positions (KV cache included).
-    `sampling`: temperature, top_p, top_k. The model's train/eval mode is restored afterwards.
-    """
+    """{"greedy": B lists of 1 text, "sampled": B lists of n_samples texts (absent when n_samples is 0)}; prompts go
+    through rollout.generate in chunks of at most max_batch_tokens positions (KV cache included). `sampling`:
+    temperature, top_p, top_k. The model's train/eval mode is restored afterwards."""
     if not prompts:
         raise ValueError("evaluation needs at least one prompt")
     if n_samples < 0:
@@ -170,17 +172,13 @@ def group_rows(prompts: list[dict], rows: list[dict]) -> tuple[list[dict], list[
                              f"got {type(row).__name__}")
         if not isinstance(row.get("response"), str):
             raise ValueError(f"row {line}: needs a string field 'response', got keys {sorted(row)}")
-        if "id" in row:
-            if str(row["id"]) not in by_id:
-                raise ValueError(f"row {line}: unknown prompt id {row['id']!r} (not among the {len(prompts)} "
-                                 f"prompts, e.g. {prompts[0]['id']!r})")
-            groups[by_id[str(row["id"])]].append(row["response"])
-        elif "prompt" in row:
-            if row["prompt"] not in by_text:
-                raise ValueError(f"row {line}: prompt text {row['prompt'][:60]!r}... matches no prompt")
-            groups[by_text[row["prompt"]]].append(row["response"])
-        else:
+        if "id" not in row and "prompt" not in row:
             raise ValueError(f"row {line}: needs an 'id' or a 'prompt' field to match it to a prompt")
+        index = by_id.get(str(row["id"])) if "id" in row else by_text.get(row["prompt"])
+        if index is None:
+            raise ValueError(f"row {line}: unknown prompt id {row['id']!r} (e.g. {prompts[0]['id']!r})" if "id" in row
+                             else f"row {line}: prompt text {row['prompt'][:60]!r}... matches no prompt")
+        groups[index].append(row["response"])
     if not groups:
         raise ValueError("no responses to score")
     return [prompts[i] for i in sorted(groups)], [groups[i] for i in sorted(groups)]
@@ -207,8 +205,8 @@ class EvalArgs:
     policy: str = arg("toy", "toy | smollm2 | a save_pretrained dir or hub id")
     checkpoint: str = arg("", "a train.py ckpt.pt: evaluated on its own data and judge")
     responses: str = arg("", "score this JSONL of {'id' or 'prompt', 'response'} rows")
-    data: str = arg("", "rubric_world | ifeval | a rubric JSONL (default: the checkpoint's, else rubric_world)")
-    data_file: str = arg("", "the benchmark's prompts from this file, not the packaged copy (IFEval format)")
+    data: str = arg("", "rubric_world | ifeval | ifbench | a rubric JSONL (default: the checkpoint's, else rubric_world)")
+    data_file: str = arg("", "a benchmark's prompts from this file, not the packaged copy (its own format)")
     split: str = arg("test", "test | val | train | test_unseen_combos (Rubric World) | all (a whole benchmark)")
     judge: str = arg("", f"{' | '.join(tasks.JUDGES)} (default: the data's own)")
     judge_model: str = arg("", "causal LM of an llm / hybrid judge")
@@ -244,11 +242,13 @@ def resolve(args: EvalArgs) -> tuple[list[dict], dict, dict]:
 
 
 def print_table(result: dict, judges: list[str]) -> None:
-    print(f"{'judge / decoding':>18} | {'instruction acc [95% CI]':>26} | {'rubric acc [95% CI]':>26} | words | responses")
+    print(f"{'judge / decoding':>18} | {'instruction acc [95% CI]':>26} | {'rubric acc [95% CI]':>26} | words | "
+          "responses | checker errors (scored NO)")
     for name, mode, r in [(name, mode, r) for name in judges for mode, r in result[name].items()]:
         cells = [f"{r[m]:.3f} [{r[m + '_ci95'][0]:.3f}, {r[m + '_ci95'][1]:.3f}]" for m in ("instruction_accuracy",
                                                                                           "rubric_accuracy")]
-        print(f"{name + ' / ' + mode:>18} | {cells[0]:>26} | {cells[1]:>26} | {r['mean_words']:5.1f} | {r['n_responses']}")
+        print(f"{name + ' / ' + mode:>18} | {cells[0]:>26} | {cells[1]:>26} | {r['mean_words']:5.1f} | "
+              f"{r['n_responses']:9d} | {sum(r['checker_errors'].values())} {r['checker_errors'] or ''}")
 
 
 def main(argv: list[str]) -> dict:

@@ -145,7 +145,7 @@ class RuleJudge:
         try:
             return bool(checker(response, **rubric.get("args", {})))
         except Exception as error:                       # a crashed checker is a NO, never a silent pass
-            self.errors.append({"prompt": prompt_id, "rubric": rubric.get("description", rubric["type"]),
+            self.errors.append({"prompt": prompt_id, "type": rubric["type"], "rubric": rubric.get("description", ""),
                                 "reason": f"{type(error).__name__}: {error}"})
             return False
 

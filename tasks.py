@@ -3,11 +3,12 @@ tasks.py — the prompts-with-rubrics a run trains and evaluates on, and the jud
 
 Paper:    RTT §4 (rubric-based instruction-following data; rule checkers where a rubric is verifiable by code,
           an LLM judge answering YES/NO elsewhere); RTT_SPEC.md §3 step 2 and §7.
-Data:     "rubric_world" (the toy task, its own splits), "ifeval" (the 541 IFEval prompts, lm-eval's checkers),
+Data:     "rubric_world" (the toy task, its own splits; "rubric_world:<regime>" restricts its rubrics), "ifeval" (the
+          541 IFEval prompts, lm-eval's checkers), "ifbench" (IFBench's 300 test prompts, if-verifiable's checkers),
           or a JSONL file / saved `datasets` directory / `datasets` name with rows
           {"prompt": str, "rubrics": [{"description", optional "type", "args"} or a plain string], optional "id"}.
           A real dataset is split once by a fixed seed into train / val / test (held_out_splits).
-Judges:   "rule" (Rubric World's checkers), "ifeval" (IFEval's), "llm" (a local causal LM, strict YES/NO),
+Judges:   "rule" (Rubric World's checkers), "ifeval", "ifbench" (the benchmarks'), "llm" (a local LM, strict YES/NO),
           "hybrid" (checkers where a rubric's "type" has one, the LLM elsewhere). Every judge is called as
           judge(prompts, responses) -> (scores (B, G, K) in {+1, −1}, rubric_mask (B, K)).
 """
@@ -18,13 +19,15 @@ from functools import lru_cache
 
 import torch
 
+import ifbench
 import ifeval
 import policies
 import rubric_world
 from rewards import HybridJudge, LLMJudge, RuleJudge
 
-DATA_JUDGES = {"rubric_world": "rule", "ifeval": "ifeval"}        # each benchmark's own judge
-JUDGES = ("rule", "ifeval", "llm", "hybrid")
+BENCHMARKS = {"ifeval": ifeval, "ifbench": ifbench}               # the paper's benchmarks: prompts and checkers
+DATA_JUDGES = {"rubric_world": "rule", "ifeval": "ifeval", "ifbench": "ifbench"}   # each dataset's own judge
+JUDGES = ("rule", "ifeval", "ifbench", "llm", "hybrid")
 
 
 def held_out_splits(prompts: list[dict], seed: int = 0) -> dict[str, list[dict]]:
@@ -53,7 +56,7 @@ def prompt_batch(prompts: list[dict], step: int, batch_size: int, seed: int) -> 
 
 def load_splits(data: str) -> dict[str, list[dict]]:
     """Prompt splits: Rubric World's own (with held-out rubric combinations; "rubric_world:<regime>" restricts its
-    rubrics, rubric_world.REGIMES), or a real dataset held out by seed."""
+    rubrics, rubric_world.REGIMES), or a real dataset (a benchmark, a rubric file) held out by seed."""
     if data == "rubric_world":
         return rubric_world.make_splits(seed=0)
     if data.startswith("rubric_world:"):
@@ -61,16 +64,15 @@ def load_splits(data: str) -> dict[str, list[dict]]:
         if regime not in rubric_world.REGIMES:
             raise ValueError(f"unknown Rubric World regime {regime!r}; choose one of {', '.join(rubric_world.REGIMES)}")
         return rubric_world.make_splits(seed=0, n_unseen=0, **rubric_world.REGIMES[regime])
-    prompts = ifeval.load_prompts() if data == "ifeval" else load_rubric_dataset(data)
-    return held_out_splits(prompts)
+    return held_out_splits(BENCHMARKS[data].load_prompts() if data in BENCHMARKS else load_rubric_dataset(data))
 
 
 def evaluation_task(data: str, split: str, judge: str, judge_model: str = "", data_file: str = "",
                     device: str = "cpu", dtype: str = "auto") -> tuple[list[dict], dict]:
-    """The prompts of a split and the judges that score them, {name: judge}: IFEval strict and loose (its own two
-    tests), any other judge by its kind. Split "all" is every prompt of a benchmark. ValueError naming the problem."""
-    if data == "ifeval":
-        prompts = ifeval.load_prompts(data_file or None)
+    """The prompts of a split and the judges that score them, {name: judge}: a benchmark (IFEval, IFBench) strict
+    and loose, its own two tests, any other judge by its kind. Split "all" is every prompt of a benchmark."""
+    if data in BENCHMARKS:
+        prompts = BENCHMARKS[data].load_prompts(data_file or None)
         splits = {"all": prompts, **(held_out_splits(prompts) if len(prompts) >= 3 else {})}
     else:
         splits = load_splits(data)
@@ -78,16 +80,16 @@ def evaluation_task(data: str, split: str, judge: str, judge_model: str = "", da
         raise ValueError(f"unknown split {split!r} for --data {data}; choose one of {', '.join(splits)}")
     if not judge:
         raise ValueError(f"--data {data} needs a judge ({' | '.join(JUDGES)})")
-    if judge == "ifeval":
-        return splits[split], {"strict": ifeval.IFEvalJudge(), "loose": ifeval.IFEvalJudge(loose=True)}
+    if judge in BENCHMARKS:
+        return splits[split], {"strict": make_judge(judge), "loose": make_judge(judge, loose=True)}
     return splits[split], {judge: make_judge(judge, judge_model, device, dtype)}
 
 
 def data_checkers(data: str) -> dict:
     """The rule checkers of a dataset's rubrics ({type: check(response, **args) -> bool}): IFEval's for ifeval,
     Rubric World's for rubric_world, both for a rubric file (a rubric without a checker is an LLM judge's)."""
-    if data == "ifeval":
-        return ifeval.checkers()
+    if data in BENCHMARKS:
+        return BENCHMARKS[data].checkers()
     return dict(rubric_world.CHECKERS) if is_rubric_world(data) else {**rubric_world.CHECKERS, **ifeval.checkers()}
 
 
@@ -105,12 +107,13 @@ def batch_metrics(data: str, prompts: list[dict], texts: list[list[str]]) -> dic
     return {"hacking/repeated_rubric_word": sum(repeats) / len(repeats)}
 
 
-def make_judge(kind: str, judge_model: str = "", device: str = "cpu", dtype: str = "auto"):
-    """judge(prompts, responses) -> (rubric scores (B, G, K) in {+1, −1}, rubric_mask (B, K)) of one JUDGES kind."""
+def make_judge(kind: str, judge_model: str = "", device: str = "cpu", dtype: str = "auto", loose: bool = False):
+    """judge(prompts, responses) -> (rubric scores (B, G, K) in {+1, −1}, rubric_mask (B, K)) of one JUDGES kind
+    (a benchmark's judge strict, or loose with `loose`)."""
     if kind == "rule":
         return RuleJudge(rubric_world.CHECKERS)
-    if kind == "ifeval":
-        return ifeval.IFEvalJudge()
+    if kind in BENCHMARKS:
+        return ifeval.IFEvalJudge(loose) if kind == "ifeval" else ifbench.IFBenchJudge(loose)
     if kind not in ("llm", "hybrid"):
         raise ValueError(f"unknown judge {kind!r}; choose one of {', '.join(JUDGES)}")
     if not judge_model:

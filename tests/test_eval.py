@@ -143,7 +143,7 @@ def test_evaluate_is_deterministic_for_a_seed_and_leaves_train_mode_alone(tiny_p
     model.eval()
     assert evaluation.evaluate(model, tokenizer, prompts, judge, n_samples=2, max_new_tokens=8, seed=5) == first
     assert set(first["greedy"]) == {"instruction_accuracy", "instruction_accuracy_ci95", "rubric_accuracy",
-                                    "rubric_accuracy_ci95", "per_type", "mean_words", "n_responses"}
+                                    "rubric_accuracy_ci95", "per_type", "mean_words", "n_responses", "checker_errors"}
     with pytest.raises(ValueError, match="at least one prompt"):
         evaluation.evaluate(model, tokenizer, [], judge)
 

