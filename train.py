@@ -297,7 +297,7 @@ def train(cfg: Config) -> dict:
     # ---------------------------------------------------------------- summary
     if cfg.final_eval:
         summary["final"] = run_eval("test")
-        if "test_unseen_combos" in splits:                                       # Rubric World's held-out combinations
+        if splits.get("test_unseen_combos"):                                     # Rubric World's held-out combinations
             summary["final_unseen_combos"] = run_eval("test_unseen_combos")
     summary.update(wall_seconds=round(time.time() - wall_start, 1), collapse=collapse or None,
                    outputs={name: os.path.join(cfg.out_dir, name) for name in

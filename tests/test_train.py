@@ -219,3 +219,12 @@ def test_the_end_of_sequence_token_left_to_the_response_advantage():
     uniform = content[:, :, None, :].expand(b, g, k, t).float()
     _, _, grpo = advantages_of(cfg, scores, rubric_mask, uniform, content)
     assert torch.equal(grpo, resp_adv[..., None].expand(b, g, t))
+
+
+def test_a_rubric_world_regime_runs_end_to_end_and_logs_reward_hacking(tmp_path):
+    summary = train.main(["--max_steps", "1", "--data", "rubric_world:global", "--out_dir", str(tmp_path / "g"), *TINY])
+    assert "final" in summary and "final_unseen_combos" not in summary          # a regime has no unseen split
+    assert {r["type"] for p in train.tasks.load_splits("rubric_world:global")["train"] for r in p["rubrics"]} == {
+        "length", "count", "parts"}
+    with open(tmp_path / "g" / "metrics.jsonl") as f:
+        assert 0.0 <= json.loads(f.readline())["hacking/repeated_rubric_word"] <= 1.0
