@@ -174,20 +174,39 @@ def step_metrics(rubric_scores, rubric_mask, resp_reward, resp_adv, tok_adv, rel
         "completions/frac_truncated": (token_mask[..., -1] & (response_ids[..., -1] != eos_id)).float().mean().item()}
 
 
-def collapse_warning(first: dict, now: dict) -> str:
-    """RTT_SPEC §8: responses shrinking towards EOS, or the pass rate falling, is an absorbing state."""
-    if now["completions/mean_length"] < 0.4 * first["completions/mean_length"]:
-        return f"mean response length fell from {first['completions/mean_length']:.1f} to {now['completions/mean_length']:.1f}"
-    if now["rubric/pass_rate"] < 0.6 * first["rubric/pass_rate"]:
-        return f"rubric pass rate fell from {first['rubric/pass_rate']:.2f} to {now['rubric/pass_rate']:.2f}"
-    return ""
+class CollapseGuard:
+    """RTT_SPEC §8: responses shrinking towards EOS, or the pass rate falling, is an absorbing state. Compares the
+    mean of the last WINDOW steps with the mean of the first WINDOW, so it speaks from step 2·WINDOW − 1 on: one
+    step of a small batch is noise (2 prompts × 4 responses moved SmolLM2's pass rate from 0.25 to 0.08 and back).
+    `state` is JSON-able and goes into the checkpoint, so a resumed run keeps its reference."""
+
+    WINDOW = 10
+    KEYS = ("completions/mean_length", "rubric/pass_rate")
+
+    def __init__(self, state: dict | None = None):
+        self.state = state or {"steps": 0, "first": [0.0, 0.0], "recent": []}
+
+    def update(self, metrics: dict) -> str:
+        """Record one step's metrics; a warning once the recent means have fallen, else ""."""
+        row, state = [metrics[key] for key in self.KEYS], self.state
+        if state["steps"] < self.WINDOW:
+            state["first"] = [total + value / self.WINDOW for total, value in zip(state["first"], row)]
+        state["steps"], state["recent"] = state["steps"] + 1, (state["recent"] + [row])[-self.WINDOW:]
+        if state["steps"] < 2 * self.WINDOW:
+            return ""
+        (length, passed), recent = state["first"], [sum(column) / self.WINDOW for column in zip(*state["recent"])]
+        if recent[0] < 0.4 * length:
+            return f"mean response length fell from {length:.1f} (first {self.WINDOW} steps) to {recent[0]:.1f} (last {self.WINDOW})"
+        if recent[1] < 0.6 * passed:
+            return f"rubric pass rate fell from {passed:.2f} (first {self.WINDOW} steps) to {recent[1]:.2f} (last {self.WINDOW})"
+        return ""
 
 
 # ----------------------------------------------------------------------------- checkpoints
 def save_checkpoint(path: str, model, optimizer, scheduler, step: int, config: dict, run_state: dict,
                     generators: dict) -> None:
     """Everything needed to resume exactly, in one file, written atomically (a crash mid-write keeps the previous
-    one): weights, optimiser, schedule, config, `run_state` (e.g. the collapse guard's reference metrics), and the
+    one): weights, optimiser, schedule, config, `run_state` (e.g. the collapse guard's state), and the
     state of the global random generators and of the run's own `generators` ({name: torch.Generator})."""
     state = {"policy": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "step": step, "config": config, "run_state": run_state,

@@ -210,7 +210,8 @@ def train(cfg: Config) -> dict:
     generators = {"relevance": relevance_fn.generator} if hasattr(relevance_fn, "generator") else {}  # random w
     state = run_files.resume(cfg.resume, asdict(cfg), RUN_DEFINING, model, optimizer, scheduler, generators
                              ) if cfg.resume else {}
-    start_step, first_metrics, collapse = state.get("step", 0), state.get("first_metrics"), state.get("collapse", "")
+    start_step, collapse = state.get("step", 0), state.get("collapse", "")
+    guard = run_files.CollapseGuard(state.get("collapse_guard"))                # RTT_SPEC §8, over 10-step means
     logger = run_files.Logger(cfg.out_dir, cfg.wandb_project, asdict(cfg))
 
     def run_eval(split: str) -> dict:                                            # within the memory budget too
@@ -277,8 +278,7 @@ def train(cfg: Config) -> dict:
                    "loss/policy": loss, "clip_frac": loss_metrics["clip_frac"], "kl_old": loss_metrics["approx_kl_old"],
                    "kl_ref": loss_metrics["kl_ref"], "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
                    **tasks.batch_metrics(cfg.data, prompts, texts), **timings, "time/step": sum(timings.values())}
-        first_metrics = first_metrics or metrics
-        if not collapse and (warning := run_files.collapse_warning(first_metrics, metrics)):
+        if (warning := guard.update(metrics)) and not collapse:
             collapse = f"step {step}: {warning}"
             tqdm.write(f"!!! COLLAPSE at step {step}: {warning} (RTT_SPEC §8)")
         logger.log(step, metrics)
@@ -292,7 +292,7 @@ def train(cfg: Config) -> dict:
             logger.log_eval(step + 1, run_eval("val"))
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.max_steps:
             run_files.save_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), model, optimizer, scheduler, step + 1,
-                                      asdict(cfg), {"first_metrics": first_metrics, "collapse": collapse}, generators)
+                                      asdict(cfg), {"collapse_guard": guard.state, "collapse": collapse}, generators)
     progress.close()
     # ---------------------------------------------------------------- summary
     if cfg.final_eval:

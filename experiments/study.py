@@ -40,6 +40,7 @@ sys.path.insert(0, REPO_ROOT)
 sys.path.insert(0, HERE)
 from compare_methods import build_shared_models, mean_ci, run_command  # noqa: E402
 from files import read_jsonl, write_json, write_text  # noqa: E402
+from run_files import CollapseGuard  # noqa: E402
 
 BASELINE = "grpo-aon"
 NORMS = ("intra", "inter", "rubric_mean", "rubric_softmax", "rubric_group")
@@ -100,7 +101,7 @@ def run_result(directory: str) -> dict | None:
     with open(os.path.join(directory, "summary.json")) as f:
         summary = json.load(f)
     metrics, evals = read_jsonl(os.path.join(directory, "metrics.jsonl")), read_jsonl(os.path.join(directory, "evals.jsonl"))
-    tail = metrics[-10:]
+    tail, guard = metrics[-10:], CollapseGuard()                # the guard replayed: one definition for every run
     return {"instruction_accuracy": summary["final"]["instruction_accuracy"],
             "rubric_accuracy": summary["final"]["rubric_accuracy"],
             "val_instruction_accuracy": evals[-1]["instruction_accuracy"],
@@ -108,7 +109,7 @@ def run_result(directory: str) -> dict | None:
             "tied_groups_at_start": metrics[0]["reward/frac_zero_std"],
             "hacking_final": sum(m["hacking/repeated_rubric_word"] for m in tail) / len(tail),
             "length_final": sum(m["completions/mean_length"] for m in tail) / len(tail),
-            "per_type": summary["final"]["per_type"], "collapsed": bool(summary.get("collapse")),
+            "per_type": summary["final"]["per_type"], "collapsed": any([guard.update(m) for m in metrics]),
             "wall_seconds": summary["wall_seconds"],
             "hacking_curve": [(m["step"], m["hacking/repeated_rubric_word"]) for m in metrics]}
 

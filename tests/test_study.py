@@ -18,7 +18,7 @@ def fake_run(directory, test, val, hacking):
         json.dump({"final": report, "start": report, "collapse": None, "wall_seconds": 1.0}, f)
     with open(os.path.join(directory, "metrics.jsonl"), "w") as f:
         f.writelines(json.dumps({"step": s, "reward/frac_zero_std": 0.5, "hacking/repeated_rubric_word": hacking,
-                                 "completions/mean_length": 10.0}) + "\n" for s in range(3))
+                                 "completions/mean_length": 10.0, "rubric/pass_rate": 0.5}) + "\n" for s in range(3))
     with open(os.path.join(directory, "evals.jsonl"), "w") as f:
         f.write(json.dumps({"step": 3, "instruction_accuracy": val}) + "\n")
 

@@ -228,3 +228,27 @@ def test_a_rubric_world_regime_runs_end_to_end_and_logs_reward_hacking(tmp_path)
         "length", "count", "parts"}
     with open(tmp_path / "g" / "metrics.jsonl") as f:
         assert 0.0 <= json.loads(f.readline())["hacking/repeated_rubric_word"] <= 1.0
+
+
+def guard_steps(guard, pass_rates, length=10.0):
+    return [guard.update({"completions/mean_length": length, "rubric/pass_rate": p}) for p in pass_rates]
+
+
+def test_collapse_guard_ignores_one_noisy_step_and_flags_a_sustained_fall():
+    window = run_files.CollapseGuard.WINDOW
+    noisy = guard_steps(run_files.CollapseGuard(), [0.25, 0.67, 0.08] + [0.3] * (2 * window))   # one bad step
+    assert not any(noisy)
+    falling = guard_steps(run_files.CollapseGuard(), [0.5] * window + [0.1] * window)
+    assert not any(falling[:-1]) and "rubric pass rate fell from 0.50" in falling[-1]           # at step 2W − 1
+    shrinking = run_files.CollapseGuard()
+    assert not any(guard_steps(shrinking, [0.5] * window, length=20.0))
+    assert "mean response length fell from 20.0" in guard_steps(shrinking, [0.5] * window, length=2.0)[-1]
+
+
+def test_collapse_guard_state_survives_json_like_a_checkpoint():
+    window = run_files.CollapseGuard.WINDOW
+    straight = guard_steps(run_files.CollapseGuard(), [0.5] * window + [0.1] * window)
+    first = run_files.CollapseGuard()
+    guard_steps(first, [0.5] * window + [0.1] * 3)
+    resumed = run_files.CollapseGuard(json.loads(json.dumps(first.state)))
+    assert guard_steps(resumed, [0.1] * (window - 3)) == straight[window + 3:]
