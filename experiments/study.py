@@ -102,15 +102,15 @@ def run_result(directory: str) -> dict | None:
         summary = json.load(f)
     metrics, evals = read_jsonl(os.path.join(directory, "metrics.jsonl")), read_jsonl(os.path.join(directory, "evals.jsonl"))
     tail, guard = metrics[-10:], CollapseGuard()                # the guard replayed: one definition for every run
-    return {"instruction_accuracy": summary["final"]["instruction_accuracy"],
-            "rubric_accuracy": summary["final"]["rubric_accuracy"],
+    final = summary["final"]                                     # top level: the sampled numbers (eval.evaluate)
+    return {"instruction_accuracy": final["instruction_accuracy"], "rubric_accuracy": final["rubric_accuracy"],
             "val_instruction_accuracy": evals[-1]["instruction_accuracy"],
             "start_instruction_accuracy": summary["start"]["instruction_accuracy"],
             "tied_groups_at_start": metrics[0]["reward/frac_zero_std"],
             "hacking_final": sum(m["hacking/repeated_rubric_word"] for m in tail) / len(tail),
             "length_final": sum(m["completions/mean_length"] for m in tail) / len(tail),
-            "per_type": summary["final"]["per_type"], "collapsed": any([guard.update(m) for m in metrics]),
-            "wall_seconds": summary["wall_seconds"],
+            "per_type": final["sampled" if "sampled" in final else "greedy"]["per_type"],
+            "collapsed": any([guard.update(m) for m in metrics]), "wall_seconds": summary["wall_seconds"],
             "hacking_curve": [(m["step"], m["hacking/repeated_rubric_word"]) for m in metrics]}
 
 

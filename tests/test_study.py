@@ -12,8 +12,9 @@ import study  # noqa: E402
 
 def fake_run(directory, test, val, hacking):
     os.makedirs(directory)
-    report = {"instruction_accuracy": test, "rubric_accuracy": test + 0.5, "per_type": {"include": test},
-              "greedy": {"instruction_accuracy": test}}
+    by_decoding = {"instruction_accuracy": test, "rubric_accuracy": test + 0.5, "per_type": {"include": test}}
+    report = {"n_prompts": 2, "instruction_accuracy": test, "rubric_accuracy": test + 0.5,   # eval.evaluate's layout
+              "greedy": by_decoding, "sampled": by_decoding}
     with open(os.path.join(directory, "summary.json"), "w") as f:
         json.dump({"final": report, "start": report, "collapse": None, "wall_seconds": 1.0}, f)
     with open(os.path.join(directory, "metrics.jsonl"), "w") as f:

@@ -3,6 +3,7 @@ bad configs and checkpoints refused with clear messages."""
 
 import json
 import os
+import sys
 
 import pytest
 import torch
@@ -222,12 +223,19 @@ def test_the_end_of_sequence_token_left_to_the_response_advantage():
 
 
 def test_a_rubric_world_regime_runs_end_to_end_and_logs_reward_hacking(tmp_path):
-    summary = train.main(["--max_steps", "1", "--data", "rubric_world:global", "--out_dir", str(tmp_path / "g"), *TINY])
+    summary = train.main(["--max_steps", "1", "--data", "rubric_world:global", "--out_dir", str(tmp_path / "g"), *TINY,
+                          "--eval_every", "1"])
     assert "final" in summary and "final_unseen_combos" not in summary          # a regime has no unseen split
     assert {r["type"] for p in train.tasks.load_splits("rubric_world:global")["train"] for r in p["rubrics"]} == {
         "length", "count", "parts"}
     with open(tmp_path / "g" / "metrics.jsonl") as f:
         assert 0.0 <= json.loads(f.readline())["hacking/repeated_rubric_word"] <= 1.0
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
+    import study                                                                 # reads the files this run wrote
+    result = study.run_result(str(tmp_path / "g"))
+    assert set(result["per_type"]) <= {"length", "count", "parts"} and result["per_type"]
+    assert result["instruction_accuracy"] == summary["final"]["sampled"]["instruction_accuracy"]
+    assert result["collapsed"] is False and 0.0 <= result["hacking_final"] <= 1.0
 
 
 def guard_steps(guard, pass_rates, length=10.0):
