@@ -192,13 +192,15 @@ def plot(table: dict, results: dict, out: str) -> list[str]:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for method, by_seed in results["all"].items():
+    colours = plt.get_cmap("tab20").colors                        # 12 methods: no two share a colour
+    for i, (method, by_seed) in enumerate(results["all"].items()):
         curves = [r["hacking_curve"] for r in by_seed.values()]
         length = min(len(c) for c in curves)
         steps = [curves[0][i][0] for i in range(length)]
         mean = [sum(c[i][1] for c in curves) / len(curves) for i in range(length)]
         smooth = [sum(mean[max(0, i - 9):i + 1]) / len(mean[max(0, i - 9):i + 1]) for i in range(length)]
-        ax.plot(steps, smooth, label=method, linestyle="--" if method == BASELINE else "-")
+        ax.plot(steps, smooth, label=method, color=colours[i], linestyle="--" if method == BASELINE else "-",
+                linewidth=2.5 if method == BASELINE else 1.5)
     ax.set(xlabel="RL step", ylabel="share of sampled responses (10-step running mean)",
            title="responses that repeat a rubric's word 3+ times unasked (Rubric World)")
     ax.legend(fontsize=7, ncol=2)
