@@ -195,10 +195,11 @@ class CollapseGuard:
         if state["steps"] < 2 * self.WINDOW:
             return ""
         (length, passed), recent = state["first"], [sum(column) / self.WINDOW for column in zip(*state["recent"])]
+        windows = f"(mean of the first {self.WINDOW} steps -> of the last {self.WINDOW})"
         if recent[0] < 0.4 * length:
-            return f"mean response length fell from {length:.1f} (first {self.WINDOW} steps) to {recent[0]:.1f} (last {self.WINDOW})"
+            return f"mean response length fell from {length:.1f} to {recent[0]:.1f} {windows}"
         if recent[1] < 0.6 * passed:
-            return f"rubric pass rate fell from {passed:.2f} (first {self.WINDOW} steps) to {recent[1]:.2f} (last {self.WINDOW})"
+            return f"rubric pass rate fell from {passed:.2f} to {recent[1]:.2f} {windows}"
         return ""
 
 
