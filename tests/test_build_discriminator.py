@@ -11,7 +11,7 @@ import build_discriminator
 import checker_edits
 import rubric_world
 import train
-from tiny_models import build_tiny_chat_model
+from tiny_models import build_tiny_chat_model, write_policy_and_rubrics
 
 
 def test_load_or_train_caches_by_settings(tmp_path, monkeypatch, capsys):
@@ -76,14 +76,7 @@ def tiny_real_setup(tmp_path, monkeypatch):
     monkeypatch.setattr(build_discriminator, "REAL_RECIPE", {**build_discriminator.REAL_RECIPE, "samples": 2,
                         "max_new_tokens": 6, "steps": 4, "batch_size": 4, "hidden": 16, "heads": 2, "intermediate": 32,
                         "max_calls": 60})
-    model, tokenizer = build_tiny_chat_model("llama", seed=5)
-    model.save_pretrained(tmp_path / "policy")
-    tokenizer.save_pretrained(tmp_path / "policy")
-    rows = [{"id": f"q{i}", "prompt": f"Write about the sea, part {i}.", "rubrics": [
-        {"type": "include", "args": {"word": "sea"}, "description": "Include 'sea'."},
-        {"type": "exclude", "args": {"word": "the"}, "description": "Avoid 'the'."}]} for i in range(12)]
-    (tmp_path / "rubrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return str(tmp_path / "policy"), str(tmp_path / "rubrics.jsonl")
+    return write_policy_and_rubrics(tmp_path, n_prompts=12, avoid="the")
 
 
 def test_a_real_policys_discriminator_is_built_once_and_refused_for_other_data(tiny_real_setup, tmp_path, capsys):

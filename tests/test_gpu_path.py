@@ -15,7 +15,7 @@ import rollout
 import run_files
 import tasks
 import train
-from tiny_models import build_tiny_chat_model
+from tiny_models import build_tiny_chat_model, write_policy_and_rubrics
 
 PROMPTS = [{"id": "p0", "prompt": "Write a short text about the sea.",
             "rubrics": [{"type": "include", "args": {"word": "sea"}, "description": "Include 'sea'."}]},
@@ -166,14 +166,7 @@ def test_preset_flag_and_positional_preset_are_the_same():
 
 def write_run_inputs(tmp_path):
     """A tiny Llama chat policy directory and a JSONL rubric dataset judged by Rubric World's rule checkers."""
-    model, tokenizer = build_tiny_chat_model("llama", seed=5)
-    model.save_pretrained(tmp_path / "policy")
-    tokenizer.save_pretrained(tmp_path / "policy")
-    rows = [{"id": f"q{i}", "prompt": f"Write about the sea, part {i}.", "rubrics": [
-        {"type": "include", "args": {"word": "sea"}, "description": "Include 'sea'."},
-        {"type": "exclude", "args": {"word": "boat"}, "description": "Avoid 'boat'."}]} for i in range(40)]
-    (tmp_path / "rubrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return str(tmp_path / "policy"), str(tmp_path / "rubrics.jsonl")
+    return write_policy_and_rubrics(tmp_path, n_prompts=40, avoid="boat")
 
 
 def tiny_run(policy_dir, data_path, out, *flags):

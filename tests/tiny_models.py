@@ -2,6 +2,8 @@
 few sentences, carrying that family's special tokens and chat template, so every real-model code path runs with no
 download."""
 
+import json
+
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
@@ -55,3 +57,16 @@ def build_tiny_chat_model(family: str, seed: int = 0, hidden: int = 32, layers: 
     model = LlamaForCausalLM(LlamaConfig(**arch)) if family == "llama" else Qwen2ForCausalLM(Qwen2Config(**arch))
     use_chat_eos(model, tokenizer)
     return model.eval(), tokenizer
+
+
+def write_policy_and_rubrics(tmp_path, n_prompts: int, avoid: str) -> tuple[str, str]:
+    """A tiny Llama chat policy directory and a JSONL rubric dataset judged by Rubric World's rule checkers:
+    n_prompts prompts, each with "Include 'sea'." and "Avoid '<avoid>'."; returns (policy dir, dataset path)."""
+    model, tokenizer = build_tiny_chat_model("llama", seed=5)
+    model.save_pretrained(tmp_path / "policy")
+    tokenizer.save_pretrained(tmp_path / "policy")
+    rows = [{"id": f"q{i}", "prompt": f"Write about the sea, part {i}.", "rubrics": [
+        {"type": "include", "args": {"word": "sea"}, "description": "Include 'sea'."},
+        {"type": "exclude", "args": {"word": avoid}, "description": f"Avoid '{avoid}'."}]} for i in range(n_prompts)]
+    (tmp_path / "rubrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(tmp_path / "policy"), str(tmp_path / "rubrics.jsonl")
