@@ -13,7 +13,8 @@ Model:    any backbone with a one-output head per token (AutoModelForTokenClassi
           end-of-sequence token included: without it a causal backbone cannot know a word is the last one.
 Labels:   the paper's minimal pairs: a response that meets a rubric, a minimal edit that breaks exactly
           that rubric, the tokens that differ labelled 1 on BOTH sides (token_diff_labels). Who writes the
-          edit is outside this file: code (rubric_world.py, build_discriminator.py) or an LLM (llm_labels.py).
+          edit is outside this file: code (relevance/rubric_world_labels.py, relevance/checker_edits.py) or an LLM
+          (relevance/llm_labels.py); relevance/build.py builds and caches a discriminator.
 Metrics:  token precision / recall / F1 at 0.5, AUROC, and how often the top-scored token of a VIOLATED
           rubric is relevant (the token RTT would penalise most).
 
@@ -253,27 +254,6 @@ def random_relevance(prompts: list[dict], response_ids: torch.Tensor, token_mask
     """Ablation: w ~ Uniform(0, 1) independently per (response, rubric, token), drawn from `generator`."""
     ones = uniform_relevance(prompts, response_ids, token_mask)                   # (B, G, K, T)
     return torch.rand(ones.shape, generator=generator).to(ones.device) * ones     # (B, G, K, T)
-
-
-def make_relevance_fn(model=None, tokenizer=None, kind: str = "discriminator", policy_tokenizer=None,
-                      max_tokens_per_batch: int = INFERENCE_BATCH_TOKENS, seed: int = 0) -> Callable:
-    """A relevance provider fn(prompts, response_ids, token_mask) -> (B, G, K, T) for the training loop:
-    "discriminator" (model + tokenizer, checked against policy_tokenizer), "uniform", or "random" (its own
-    seeded generator, kept as fn.generator so a checkpoint can save its state)."""
-    if kind == "uniform":
-        return uniform_relevance
-    if kind == "random":
-        generator = torch.Generator().manual_seed(seed)
-        random_fn = lambda prompts, ids, mask: random_relevance(prompts, ids, mask, generator=generator)  # noqa: E731
-        random_fn.generator = generator
-        return random_fn
-    if kind != "discriminator":
-        raise ValueError(f"unknown relevance kind {kind!r}; choose 'discriminator', 'uniform' or 'random'")
-    if model is None or tokenizer is None:
-        raise ValueError("a discriminator relevance provider needs a model and its tokenizer")
-    if policy_tokenizer is not None:
-        check_same_tokenizer(tokenizer, policy_tokenizer)
-    return lambda prompts, ids, mask: relevance(model, tokenizer, prompts, ids, mask, max_tokens_per_batch)
 
 
 # ============================================================================ labels: minimal pairs

@@ -44,11 +44,12 @@ from dataclasses import dataclass, field
 import torch
 from transformers import HfArgumentParser
 
-import policies
-import rubric_world
-import tasks
-from files import read_jsonl, write_json, write_jsonl
-from rollout import UNLIMITED, decode_responses, encode_prompts, generate
+from policies.loading import load_checkpoint_policy, load_policy, pick_device
+from policies.rollout import UNLIMITED, decode_responses, encode_prompts, generate
+from runs.checkpoints import read_checkpoint
+from runs.files import read_jsonl, write_json, write_jsonl
+from tasks import registry
+from tasks.rubric_world import MAX_NEW_TOKENS
 
 # Dimension legend (identical in every file):
 #   B prompts in the batch        G responses per prompt (group)     N = B*G responses, flattened
@@ -145,7 +146,7 @@ def generate_texts(model, tokenizer, prompts: list[dict], n_samples: int, max_ne
 
 
 def evaluate(model, tokenizer, prompts: list[dict], judge, n_samples: int = 4,
-             max_new_tokens: int = rubric_world.MAX_NEW_TOKENS,
+             max_new_tokens: int = MAX_NEW_TOKENS,
              seed: int = 0, max_batch_tokens: int = UNLIMITED, progress: bool = False, **sampling) -> dict:
     """Greedy (1 response per prompt) and sampled (n_samples per prompt) accuracy of a policy on prompts.
 
@@ -208,7 +209,7 @@ class EvalArgs:
     data: str = arg("", "rubric_world | ifeval | ifbench | a rubric JSONL (default: the checkpoint's, else rubric_world)")
     data_file: str = arg("", "a benchmark's prompts from this file, not the packaged copy (its own format)")
     split: str = arg("test", "test | val | train | test_unseen_combos (Rubric World) | all (a whole benchmark)")
-    judge: str = arg("", f"{' | '.join(tasks.JUDGES)} (default: the data's own)")
+    judge: str = arg("", f"{' | '.join(registry.JUDGES)} (default: the data's own)")
     judge_model: str = arg("", "causal LM of an llm / hybrid judge")
     samples: int = arg(4, "sampled responses per prompt (0: greedy only)")
     limit: int = arg(0, "use the first n prompts of the split (0 = all)")
@@ -218,24 +219,25 @@ class EvalArgs:
     temperature: float = arg(1.0, "sampling temperature")
     top_p: float = arg(1.0, "nucleus sampling")
     top_k: int = arg(0, "top-k sampling (0 = off)")
-    max_new_tokens: int = arg(0, "response length cap (0: Rubric World's 31, else 256)")
+    max_new_tokens: int = arg(0, "response length cap (0: the data's own, Rubric World's 31, else 256)")
     max_batch_tokens: int = arg(16384, "sequence positions per generation chunk")
-    device: str = arg("cpu", "torch device")
+    device: str = arg("auto", "auto (cuda > mps > cpu) | cpu | cuda | mps")
     dtype: str = arg("auto", "auto | float32 | bfloat16")
 
 
-def resolve(args: EvalArgs) -> tuple[list[dict], dict, dict]:
+def resolve(args: EvalArgs, device: str) -> tuple[list[dict], dict, dict]:
     """(prompts, {judge name: judge}, what is evaluated); a checkpoint brings its own data and judge."""
-    config = policies.read_checkpoint(args.checkpoint)["config"] if args.checkpoint else {}
+    config = read_checkpoint(args.checkpoint)["config"] if args.checkpoint else {}
     data = args.data or config.get("data", "rubric_world")
     if config and data != config["data"]:
         raise SystemExit(f"{args.checkpoint} was trained on --data {config['data']}; it is evaluated on that data "
                          f"(its held-out split), not on {data}")
     if config and args.split in ("train", "all"):
         raise SystemExit(f"--split {args.split} would score {args.checkpoint} on prompts it trained on")
-    kind = args.judge or config.get("judge") or tasks.DATA_JUDGES.get(data.split(":")[0], "")
-    prompts, judges = tasks.evaluation_task(data, args.split, kind, args.judge_model or config.get("judge_model", ""),
-                                            args.data_file, args.device, args.dtype)
+    kind = args.judge or config.get("judge") or registry.DATA_JUDGES.get(data.split(":")[0], "")
+    judge_model = args.judge_model or config.get("judge_model", "")
+    judge_llm = load_policy(judge_model, device, args.dtype) if kind in ("llm", "hybrid") and judge_model else None
+    prompts, judges = registry.evaluation_task(data, args.split, kind, judge_llm, args.data_file)
     source = {"data": data, "split": args.split, "judge": kind, "checkpoint": args.checkpoint or None,
               "policy": config.get("policy", args.policy), "responses_file": args.responses or None}
     return prompts[:args.limit or None], judges, source
@@ -259,20 +261,21 @@ def main(argv: list[str]) -> dict:
     if args.checkpoint and args.responses:
         raise SystemExit("give --checkpoint (generate and score) or --responses (score), not both")
     start = time.time()
+    device = str(pick_device(args.device))
     try:
-        prompts, judges, source = resolve(args)
+        prompts, judges, source = resolve(args, device)
         if args.responses:
             prompts, groups = group_rows(prompts, read_jsonl(args.responses))
             texts = {"responses": groups}
         else:
             if args.checkpoint:
-                model, tokenizer, _ = policies.load_checkpoint_policy(args.checkpoint, args.device)
+                model, tokenizer, _ = load_checkpoint_policy(args.checkpoint, device)
             else:
-                model, tokenizer = policies.load_policy(args.policy, args.device, args.dtype)
-            max_new = args.max_new_tokens or (rubric_world.MAX_NEW_TOKENS if tasks.is_rubric_world(source["data"]) else 256)
+                model, tokenizer = load_policy(args.policy, device, args.dtype)
+            max_new = args.max_new_tokens or registry.default_max_new_tokens(source["data"])
             texts = generate_texts(model, tokenizer, prompts, args.samples, max_new, args.seed, args.max_batch_tokens,
                                    progress=True, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
-            source.update(max_new_tokens=max_new, threads=torch.get_num_threads(), device=args.device)
+            source.update(max_new_tokens=max_new, threads=torch.get_num_threads(), device=device)
         result = {name: {mode: accuracy_report(prompts, groups, judge) for mode, groups in texts.items()}
                   for name, judge in judges.items()}
     except (OSError, ValueError) as error:

@@ -34,6 +34,8 @@ Not here: the authors' pipeline as it runs (the reshape, integer weights) is rep
 Demo:     python normalize.py     (the length-bias example of RTT_SPEC §5, every intermediate printed)
 """
 
+from typing import NamedTuple
+
 import torch
 
 # Dimension legend (identical in every file):
@@ -213,6 +215,71 @@ def token_advantages(how: str, token_rewards: torch.Tensor, token_mask: torch.Te
         norm = rubric_softmax_token_norm if how == "rubric_softmax" else rubric_group_token_norm
         return norm(token_rewards, token_mask, rubric_mask, rubric_scores, eps)
     raise ValueError(f"unknown token normalisation {how!r}; choose one of {TOKEN_NORMS}")
+
+
+# ============================================================================ the per-batch recipe
+# What a trainer does between the judge and the loss, in one place: train.py calls it, and so does any trainer built
+# on these files, so copying normalize.py + rtt_grpo.py reproduces train.py's advantages exactly.
+class BatchAdvantages(NamedTuple):
+    """The advantages of one batch and the relevance they were built from (shapes in rtt_advantages)."""
+    response: torch.Tensor              # Â (B, G)
+    token: torch.Tensor                 # Ã (B, G, T)
+    combined: torch.Tensor              # A (B, G, T)
+    relevance: torch.Tensor             # w as used (B, G, K, T): thresholded, 0 at EOS
+
+
+def rtt_advantages(resp_reward: torch.Tensor, rubric_scores: torch.Tensor, rubric_mask: torch.Tensor,
+                   relevance: torch.Tensor, token_mask: torch.Tensor, eos_mask: torch.Tensor, norm: str = "intra",
+                   lam: float = 0.5, method: str = "add", relevance_threshold: float = 0.0,
+                   eos_token_advantage: bool = True, eps: float = 1e-6, token_norm=None) -> BatchAdvantages:
+    """RTT's advantages for a batch, from the verdicts and the relevance weights (METHOD.md §3 steps 4–8).
+
+      1. w = 1{w >= threshold} when relevance_threshold > 0 (a binary mask), else the soft weights (the paper)
+      2. w = 0 at the end-of-sequence token (as in the authors' pipeline: METHOD.md §5, deviation 7)
+      3. Â = group_advantages(R)
+      4. r = s·w;  Ã = token normalisation `norm` over the token term: every response token, or every token but
+         EOS when eos_token_advantage is False (EOS then gets Â alone: deviation 6)
+      5. A = Â + λ·Ã ("add") or (1 − λ)·Â + λ·Ã ("mix"); λ = 0 gives GRPO exactly
+
+    Shapes and conventions:
+        resp_reward    (B, G)        float  R from rewards.response_reward (AON or mean)
+        rubric_scores  (B, G, K)     float  s: +1 satisfied, −1 violated on valid rubrics, 0 on padded ones. Not 0/1:
+                                            the rubric-level variants z-score s across the group and need its sign
+        rubric_mask    (B, K)        bool   real rubrics (bool, not 0/1 integers: an int mask is refused)
+        relevance      (B, G, K, T)  float  w in [0, 1], 0 on padding; floats (an integer buffer erases soft weights)
+        token_mask     (B, G, T)     bool   real response tokens, EOS included
+        eos_mask       (B, G, T)     bool   the end-of-sequence token of each response (False where none was emitted)
+        token_norm     a function with token_advantages' signature (default: token_advantages), e.g. the authors'
+                       pipeline as it runs (released_code.token_advantages)
+        returns        BatchAdvantages(response Â, token Ã, combined A, relevance w as used); A is 0 on padding
+    Scale: under "intra" a violated rubric whose relevance is one token of an n-token response puts −√(n − 1) on that
+    token (−4.4 at n = 20, −45 at n = 2,048) and +1/√(n − 1) on the others, while |Â| <= (G − 1)/√G (2.5 at G = 8):
+    in long responses the token term can swamp Â unless λ is small. ε does not help with near-constant weights: a
+    row of 0.5 with one 0.51 z-scores to the same ±√(n − 1) pattern as a one-hot row (binarise, or check w first).
+    """
+    if eos_mask.dtype != torch.bool or eos_mask.shape != token_mask.shape:
+        raise ValueError(f"eos_mask must be a bool tensor shaped like token_mask {tuple(token_mask.shape)}, "
+                         f"got {eos_mask.dtype} {tuple(eos_mask.shape)}")
+    if not relevance.is_floating_point() or bool((relevance < 0).any()) or bool((relevance > 1).any()):
+        raise ValueError(f"relevance must be float weights in [0, 1], got {relevance.dtype}")
+    if relevance_threshold > 0:
+        relevance = (relevance >= relevance_threshold).to(relevance.dtype)        # (B, G, K, T)  DEVIATION(6)
+    relevance = relevance.masked_fill(eos_mask[:, :, None, :], 0.0)              # (B, G, K, T)  DEVIATION(7)
+    resp_adv = group_advantages(resp_reward, eps)                                 # (B, G)        Â
+    tok_reward = rubric_scores[..., None] * relevance                             # (B, G, K, T)  r = s·w
+    token_term = token_mask if eos_token_advantage else token_mask & ~eos_mask    # (B, G, T)     DEVIATION(6)
+    tok_adv = (token_norm or token_advantages)(norm, tok_reward, token_term, rubric_mask, rubric_scores, eps)
+    combined = _combine(resp_adv, tok_adv, lam, method)                           # (B, G, T)     A
+    return BatchAdvantages(resp_adv, tok_adv, combined * token_mask.to(combined.dtype), relevance)
+
+
+def _combine(resp_adv: torch.Tensor, tok_adv: torch.Tensor, lam: float, method: str) -> torch.Tensor:
+    """A copy of rtt_grpo.combine_advantages (tests/test_layout.py checks they agree), so this file copies alone."""
+    if method == "add" and lam >= 0:
+        return resp_adv[..., None] + lam * tok_adv                                # (B, G, T)     Â + λ·Ã
+    if method == "mix" and 0 <= lam <= 1:
+        return (1 - lam) * resp_adv[..., None] + lam * tok_adv                    # (B, G, T)     (1 − λ)·Â + λ·Ã
+    raise ValueError(f"method must be 'add' (λ >= 0) or 'mix' (λ in [0, 1]), got {method!r} with λ = {lam}")
 
 
 if __name__ == "__main__":

@@ -45,18 +45,20 @@ import torch
 from tqdm import tqdm
 from transformers import HfArgumentParser
 
-import build_discriminator
 import eval as evaluation
-import policies
 import released_code
-import rubric_world
-import run_files
-import tasks
-from files import write_json
-from normalize import TOKEN_NORMS, group_advantages, token_advantages
-from rewards import response_reward, token_rewards
-from rollout import UNLIMITED, decode_responses, encode_prompts, generate, microbatches, response_logprobs
-from rtt_grpo import LOSS_AGGREGATIONS, combine_advantages, policy_loss
+from discriminator import INFERENCE_BATCH_TOKENS, random_relevance, relevance, uniform_relevance
+from normalize import TOKEN_NORMS, rtt_advantages, token_advantages
+from policies.loading import load_for_training, load_policy, pick_device
+from policies.rollout import UNLIMITED, decode_responses, encode_prompts, generate, microbatches, response_logprobs
+from relevance.build import discriminator_for
+from relevance.rubric_world_labels import oracle_relevance
+from rewards import response_reward
+from rtt_grpo import LOSS_AGGREGATIONS, policy_loss
+from runs import checkpoints, outputs
+from runs.files import write_json
+from tasks import registry
+from tasks.rubric_world import MAX_NEW_TOKENS
 
 # Every preset in one table; a field a preset does not name keeps the Config default (= the toy run).
 PRESETS = {
@@ -92,7 +94,7 @@ class Config:
     preset: str = arg("toy", f"named settings: {' | '.join(PRESETS)} (also positional)")
     policy: str = arg("toy", "toy (built locally) | smollm2 | a save_pretrained dir or hub id")
     data: str = arg("rubric_world", "rubric_world | ifeval | a JSONL / saved datasets dir / name of rubric prompts")
-    judge: str = arg("rule", f"{' | '.join(tasks.JUDGES)} (rule = Rubric World's checkers)")
+    judge: str = arg("rule", f"{' | '.join(registry.JUDGES)} (rule = Rubric World's checkers)")
     judge_model: str = arg("", "causal LM of the llm / hybrid judge (dir or hub id)")
     discriminator: str = arg("", "a saved discriminator dir (default: built for the policy and data on first use)")
     dtype: str = arg("auto", "auto (bf16 on CUDA, else fp32) | float32 | bfloat16")
@@ -125,7 +127,7 @@ class Config:
     temperature: float = arg(1.0, "sampling temperature τ (paper: 0.99)")
     top_p: float = arg(1.0, "nucleus sampling (paper: 0.99)")
     top_k: int = arg(0, "top-k sampling, 0 = off (paper: 100)")
-    max_new_tokens: int = arg(rubric_world.MAX_NEW_TOKENS, "response length cap")
+    max_new_tokens: int = arg(MAX_NEW_TOKENS, "response length cap")
     # bookkeeping ----------------------------------------------------------------------------------
     seed: int = arg(0, "seeds data order, sampling and initialisation")
     device: str = arg("auto", "auto (cuda > mps > cpu) | cpu | cuda | mps")
@@ -159,7 +161,7 @@ def parse_config(argv: list[str]) -> Config:
     except ValueError as error:                                                  # an unknown flag, a typo
         raise SystemExit(f"{error} (python train.py --help lists every flag)") from error
     choices = {"method": ("add", "mix"), "reward": ("aon", "mean"), "norm": TOKEN_NORMS + ("released_code",),
-               "relevance": RELEVANCE_KINDS, "loss_agg": LOSS_AGGREGATIONS, "judge": tasks.JUDGES}
+               "relevance": RELEVANCE_KINDS, "loss_agg": LOSS_AGGREGATIONS, "judge": registry.JUDGES}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise SystemExit(f"--{name} {getattr(cfg, name)!r} is not one of {', '.join(allowed)}")
@@ -169,12 +171,16 @@ def parse_config(argv: list[str]) -> Config:
         raise SystemExit("need --lam >= 0, --group_size >= 2, --prompts_per_step >= 1, --max_steps >= 1")
     refusals = [
         (not cfg.data, f"preset {cfg.preset!r} needs --data: ifeval, or a JSONL / datasets dir or name of rubric prompts"),
-        (cfg.policy == "toy" and not tasks.is_rubric_world(cfg.data),
+        (cfg.policy == "toy" and not registry.is_rubric_world(cfg.data),
          f"the toy policy only knows Rubric World's words; for --data {cfg.data} use --policy smollm2 or a model path"),
-        (cfg.relevance == "oracle" and not tasks.is_rubric_world(cfg.data),
+        (cfg.relevance == "oracle" and not registry.is_rubric_world(cfg.data),
          "--relevance oracle needs Rubric World (its minimal-edit labels); choose discriminator, uniform or random"),
         (cfg.judge in ("llm", "hybrid") and not cfg.judge_model,
          f"--judge {cfg.judge} needs --judge_model (a causal LM directory or hub id)"),
+        (cfg.judge_model and cfg.judge not in ("llm", "hybrid"),
+         f"--judge_model is read by the llm and hybrid judges only, not by --judge {cfg.judge}"),
+        (cfg.discriminator and cfg.relevance != "discriminator",
+         f"--discriminator is read by --relevance discriminator only, not by --relevance {cfg.relevance}"),
         (cfg.norm == "released_code" and (not cfg.eos_token_advantage or cfg.relevance_threshold),
          "--norm released_code reproduces the released pipeline whole: add --eos_token_advantage True "
          "--relevance_threshold 0 (its weights are truncated to integers inside; released_code.py)")]
@@ -184,35 +190,35 @@ def parse_config(argv: list[str]) -> Config:
     return cfg
 
 
-def pick_device(name: str) -> torch.device:
-    """'auto' = cuda > mps > cpu. Every code path also works on cpu."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    return torch.device(name)
-
-
 def train(cfg: Config) -> dict:
     # ---------------------------------------------------------------- setup: task, policy, judge, relevance
-    device, wall_start = pick_device(cfg.device), time.time()
-    run_files.start_run(cfg.out_dir, bool(cfg.resume), cfg.overwrite)
+    device = pick_device(cfg.device)
+    wall_start = time.time()
+    outputs.start_run(cfg.out_dir, bool(cfg.resume), cfg.overwrite)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    splits = tasks.load_splits(cfg.data)
-    model, tokenizer, amp = load(lambda: policies.load_for_training(  # float32 weights, forward passes in cfg.dtype
+    splits = load(lambda: registry.load_splits(cfg.data))
+    model, tokenizer, amp = load(lambda: load_for_training(  # float32 weights, forward passes in cfg.dtype
         cfg.policy, str(device), cfg.dtype, cfg.gradient_checkpointing))
-    judge = load(lambda: tasks.make_judge(cfg.judge, cfg.judge_model, str(device), cfg.dtype))
-    relevance_fn = load(lambda: build_discriminator.relevance_provider(  # w (B, G, K, T) of a batch; DEVIATION(5)
-        cfg.relevance, cfg.policy, cfg.data, tokenizer, str(device), cfg.seed, cfg.discriminator, cfg.max_batch_tokens))
-    ref_model = None if cfg.kl_coef == 0 else policies.load_policy(cfg.policy, str(device), cfg.dtype)[0]  # π_ref
+    llm_judged = cfg.judge in ("llm", "hybrid")
+    judge_llm = load(lambda: load_policy(cfg.judge_model, str(device), cfg.dtype)) if llm_judged else None
+    judge = load(lambda: registry.make_judge(cfg.judge, judge_llm))
+    uses_discriminator = cfg.lam > 0 and cfg.relevance == "discriminator"     # built once and cached; DEVIATION(5)
+    discriminator = load(lambda: discriminator_for(cfg.policy, cfg.data, tokenizer, str(device), cfg.discriminator)
+                         ) if uses_discriminator else None
+    relevance_generator = torch.Generator().manual_seed(cfg.seed)              # draws of --relevance random
+    ref_model = None if cfg.kl_coef == 0 else load_policy(cfg.policy, str(device), cfg.dtype)[0]  # π_ref
     token_norm = token_advantages if cfg.norm in TOKEN_NORMS else released_code.token_advantages  # never a default
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / max(cfg.warmup_steps, 1), 1.0))
-    generators = {"relevance": relevance_fn.generator} if hasattr(relevance_fn, "generator") else {}  # random w
-    state = run_files.resume(cfg.resume, asdict(cfg), RUN_DEFINING, model, optimizer, scheduler, generators
-                             ) if cfg.resume else {}
-    start_step, collapse = state.get("step", 0), state.get("collapse", "")
-    guard = run_files.CollapseGuard(state.get("collapse_guard"))                # RTT_SPEC §8, over 10-step means
-    logger = run_files.Logger(cfg.out_dir, cfg.wandb_project, asdict(cfg))
+    generators = {"relevance": relevance_generator} if cfg.relevance == "random" else {}   # saved in checkpoints
+    state = {}
+    if cfg.resume:
+        state = checkpoints.resume(cfg.resume, asdict(cfg), RUN_DEFINING, model, optimizer, scheduler, generators)
+    start_step = state.get("step", 0)
+    collapse = state.get("collapse", "")
+    guard = outputs.CollapseGuard(state.get("collapse_guard"))                 # METHOD.md §10, over 10-step means
+    logger = outputs.Logger(cfg.out_dir, cfg.wandb_project, asdict(cfg))
 
     def run_eval(split: str) -> dict:                                            # within the memory budget too
         with amp():
@@ -234,7 +240,7 @@ def train(cfg: Config) -> dict:
     for step in progress:
         # ------------------------------------------------------------ 1. rollouts: G samples per prompt (rollout.py)
         tic = time.perf_counter()
-        prompts = tasks.prompt_batch(splits["train"], step, cfg.prompts_per_step, cfg.seed)  # B prompts
+        prompts = registry.prompt_batch(splits["train"], step, cfg.prompts_per_step, cfg.seed)  # B prompts
         prompt_ids = encode_prompts(tokenizer, prompts)
         sampler = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
         model.eval()
@@ -250,48 +256,43 @@ def train(cfg: Config) -> dict:
         timings["time/judge"] = time.perf_counter() - tic
         # ------------------------------------------------------------ 3. token relevance: w (discriminator.py)
         tic = time.perf_counter()
+        relevance = torch.zeros(*rubric_scores.shape, token_mask.shape[-1], device=device)  # (B, G, K, T) GRPO: none
         if cfg.lam > 0:
-            relevance = relevance_fn(prompts, response_ids, token_mask)      # (B, G, K, T)
-            if cfg.relevance_threshold > 0:                                  # DEVIATION(6): a binary mask
-                relevance = (relevance >= cfg.relevance_threshold).float()
-        else:                                                                # GRPO needs no relevance
-            relevance = torch.zeros(*rubric_scores.shape, token_mask.shape[-1], device=device)
-        is_eos = response_ids == tokenizer.eos_token_id                      # (B, G, T)
-        relevance = relevance.masked_fill(is_eos[:, :, None, :], 0.0)        # DEVIATION(7): w = 0 at EOS
+            relevance = token_relevance(cfg.relevance, prompts, response_ids, token_mask, discriminator,
+                                        tokenizer, relevance_generator, cfg.max_batch_tokens)     # (B, G, K, T)  w
         timings["time/relevance"] = time.perf_counter() - tic
         # ------------------------------------------------------------ 4. advantages (rewards.py, normalize.py)
-        resp_reward = response_reward(rubric_scores, rubric_mask, cfg.reward)   # (B, G)        R
-        resp_adv = group_advantages(resp_reward, cfg.eps)                       # (B, G)        Â
-        tok_reward = token_rewards(rubric_scores, relevance)                    # (B, G, K, T)  r = s·w
-        token_term = token_mask if cfg.eos_token_advantage else token_mask & ~is_eos  # DEVIATION(6): EOS left to Â
-        tok_adv = token_norm(cfg.norm, tok_reward, token_term, rubric_mask, rubric_scores, cfg.eps)  # (B, G, T)  Ã
-        advantages = combine_advantages(resp_adv, tok_adv, cfg.lam, cfg.method)  # (B, G, T)     A = Â + λ·Ã
+        resp_reward = response_reward(rubric_scores, rubric_mask, cfg.reward)  # (B, G)  R
+        is_eos = token_mask & (response_ids == tokenizer.eos_token_id)         # (B, G, T)
+        adv = rtt_advantages(resp_reward, rubric_scores, rubric_mask, relevance, token_mask, is_eos, cfg.norm,
+                             cfg.lam, cfg.method, cfg.relevance_threshold, cfg.eos_token_advantage, cfg.eps,
+                             token_norm)                # Â (B, G), Ã (B, G, T), A = Â + λ·Ã (B, G, T); DEVIATION(6, 7)
         # ------------------------------------------------------------ 5. policy update (rtt_grpo.py)
         tic = time.perf_counter()
         loss, loss_metrics, grad_norm = policy_update(model, ref_model, optimizer, tokenizer, cfg, prompt_ids,
-                                                      response_ids, token_mask, advantages, amp)
+                                                      response_ids, token_mask, adv.combined, amp)
         scheduler.step()
         timings["time/update"] = time.perf_counter() - tic
         # ------------------------------------------------------------ 6. log, samples, eval, checkpoint
-        metrics = {**run_files.step_metrics(rubric_scores, rubric_mask, resp_reward, resp_adv, tok_adv, relevance,
+        metrics = {**outputs.step_metrics(rubric_scores, rubric_mask, resp_reward, adv.response, adv.token, adv.relevance,
                                             response_ids, token_mask, tokenizer.eos_token_id),
                    "loss/policy": loss, "clip_frac": loss_metrics["clip_frac"], "kl_old": loss_metrics["approx_kl_old"],
                    "kl_ref": loss_metrics["kl_ref"], "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
-                   **tasks.batch_metrics(cfg.data, prompts, texts), **timings, "time/step": sum(timings.values())}
+                   **registry.batch_metrics(cfg.data, prompts, texts), **timings, "time/step": sum(timings.values())}
         if (warning := guard.update(metrics)) and not collapse:
             collapse = f"step {step}: {warning}"
             tqdm.write(f"!!! COLLAPSE at step {step}: {warning} (RTT_SPEC §8)")
         logger.log(step, metrics)
         progress.set_postfix(reward=f"{metrics['reward/mean']:.2f}", pass_rate=f"{metrics['rubric/pass_rate']:.2f}",
                              length=f"{metrics['completions/mean_length']:.1f}")
-        shown = (step, prompts, rubric_scores, response_ids, token_mask, advantages)   # printed at the end
+        shown = (step, prompts, rubric_scores, response_ids, token_mask, adv.combined)   # printed at the end
         if cfg.sample_every and step % cfg.sample_every == 0:
-            run_files.dump_samples(os.path.join(cfg.out_dir, "samples.txt"), step, tokenizer, prompts, texts,
-                                   rubric_scores, response_ids, token_mask, advantages)
+            outputs.dump_samples(os.path.join(cfg.out_dir, "samples.txt"), step, tokenizer, prompts, texts,
+                                   rubric_scores, response_ids, token_mask, adv.combined)
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
             logger.log_eval(step + 1, run_eval("val"))
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.max_steps:
-            run_files.save_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), model, optimizer, scheduler, step + 1,
+            checkpoints.save_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), model, optimizer, scheduler, step + 1,
                                       asdict(cfg), {"collapse_guard": guard.state, "collapse": collapse}, generators)
     progress.close()
     # ---------------------------------------------------------------- summary
@@ -304,7 +305,7 @@ def train(cfg: Config) -> dict:
                             ("metrics.jsonl", "evals.jsonl", "samples.txt", "ckpt.pt", "summary.json",
                              "token_advantages.png")})
     write_json(os.path.join(cfg.out_dir, "summary.json"), summary)
-    run_files.print_summary(summary, tokenizer, shown)
+    outputs.print_summary(summary, tokenizer, shown)
     return summary
 
 
@@ -315,6 +316,22 @@ def load(build):
         return build()
     except (OSError, ValueError) as error:
         raise SystemExit(f"cannot start the run: {error}") from error
+
+
+def token_relevance(kind: str, prompts: list[dict], response_ids: torch.Tensor, token_mask: torch.Tensor,
+                    discriminator, policy_tokenizer, generator: torch.Generator, max_batch_tokens: int) -> torch.Tensor:
+    """w (B, G, K, T) of a batch, by --relevance kind (checked once, in parse_config): the discriminator's inference
+    (discriminator.relevance on a (model, tokenizer) pair), its ablations, or Rubric World's oracle labels.
+    Shapes: response_ids, token_mask (B, G, T)."""
+    if kind == "discriminator":
+        model, disc_tokenizer = discriminator
+        budget = max_batch_tokens or INFERENCE_BATCH_TOKENS
+        return relevance(model, disc_tokenizer, prompts, response_ids, token_mask, budget)
+    if kind == "uniform":
+        return uniform_relevance(prompts, response_ids, token_mask)
+    if kind == "random":
+        return random_relevance(prompts, response_ids, token_mask, generator=generator)
+    return oracle_relevance(prompts, response_ids, token_mask, policy_tokenizer)   # "oracle": Rubric World only
 
 
 def policy_update(model, ref_model, optimizer, tokenizer, cfg: Config, prompt_ids, response_ids, token_mask,

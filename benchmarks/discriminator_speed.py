@@ -21,12 +21,13 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import build_discriminator  # noqa: E402
+from relevance import build  # noqa: E402
 import discriminator  # noqa: E402
-import policies  # noqa: E402
-import tasks  # noqa: E402
+from policies import loading  # noqa: E402
+from policies import toy  # noqa: E402
+from tasks import registry  # noqa: E402
 import train  # noqa: E402
-from rollout import UNLIMITED, encode_prompts, generate  # noqa: E402
+from policies.rollout import UNLIMITED, encode_prompts, generate  # noqa: E402
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -47,20 +48,20 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, help="B (default: the preset's)")
     parser.add_argument("--group-size", type=int, help="G (default: the preset's)")
     parser.add_argument("--warm-start-steps", type=int, help="toy: override the policy's warm-start steps")
-    parser.add_argument("--policy-cache", help="toy: where the policy is cached (default: policies.default_cache_dir())")
+    parser.add_argument("--policy-cache", help="toy: where the policy is cached (default: toy.default_cache_dir())")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg = train.parse_config([] if args.policy == "toy" else [args.policy])
     b_size, g_size = args.prompts or cfg.prompts_per_step, args.group_size or cfg.group_size
     if args.policy == "toy":
         recipe = {"steps": args.warm_start_steps} if args.warm_start_steps is not None else None
-        policy_model, tokenizer = policies.load_or_build_toy_policy(cache_dir=args.policy_cache, recipe=recipe)
-        disc_model, disc_tokenizer = build_discriminator.load_or_train_toy_discriminator()
+        policy_model, tokenizer = toy.load_or_build_toy_policy(cache_dir=args.policy_cache, recipe=recipe)
+        disc_model, disc_tokenizer = build.load_or_train_toy_discriminator()
     else:
-        policy_model, tokenizer = policies.load_policy(cfg.policy, "cpu", "float32")
-        disc_model, disc_tokenizer, _ = build_discriminator.build_real_discriminator(cfg.policy, cfg.data)
+        policy_model, tokenizer = loading.load_policy(cfg.policy, "cpu", "float32")
+        disc_model, disc_tokenizer, _ = build.build_real_discriminator(cfg.policy, cfg.data)
     relevance_fn = discriminator.make_relevance_fn(disc_model, disc_tokenizer, policy_tokenizer=tokenizer)
-    prompts = tasks.load_splits(cfg.data)["train"][:b_size]
+    prompts = registry.load_splits(cfg.data)["train"][:b_size]
     prompt_ids = encode_prompts(tokenizer, prompts)
     generator = torch.Generator().manual_seed(0)
     rollout = lambda: generate(policy_model, tokenizer, prompt_ids, g_size, cfg.max_new_tokens,  # noqa: E731

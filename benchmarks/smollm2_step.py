@@ -28,13 +28,13 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import discriminator  # noqa: E402
-import ifeval  # noqa: E402
-import policies  # noqa: E402
+from tasks import ifeval  # noqa: E402
+from policies import loading  # noqa: E402
 import train  # noqa: E402
-from files import write_json  # noqa: E402
+from runs.files import write_json  # noqa: E402
 from normalize import group_advantages, token_advantages  # noqa: E402
 from rewards import response_reward, token_rewards  # noqa: E402
-from rollout import decode_responses, encode_prompts, generate  # noqa: E402
+from policies.rollout import decode_responses, encode_prompts, generate  # noqa: E402
 from rtt_grpo import combine_advantages  # noqa: E402
 
 
@@ -65,7 +65,7 @@ def main() -> dict:
                               str(args.prompts_per_step), "--max_new_tokens", str(args.max_new_tokens),
                               "--relevance", "uniform", "--device", "cpu"])
     flop_rate, byte_rate = machine_rates()
-    model, tokenizer, amp = policies.load_for_training(cfg.policy, "cpu", cfg.dtype)
+    model, tokenizer, amp = loading.load_for_training(cfg.policy, "cpu", cfg.dtype)
     n_params = sum(p.numel() for p in model.parameters())
     head_params = model.get_output_embeddings().weight.numel()                    # tied to the input embeddings
     judge = ifeval.IFEvalJudge()

@@ -1,7 +1,7 @@
 """
 experiments/compare_methods.py — does RTT beat GRPO on Rubric World? Every method, several seeds, with intervals.
 
-Paper:    RTT §4 (main results: RTT-GRPO vs GRPO on instruction- and rubric-level accuracy) and the
+Paper:    paper §4 (main results: RTT-GRPO vs GRPO on instruction- and rubric-level accuracy) and the
           ablations its reviewers asked for (uniform / random relevance, inter-sample normalisation, λ).
 Runs:     one `python train.py` per (method, seed), equal steps and equal samples for every method, seeds
           run in parallel processes (one thread each). Finished runs are skipped and interrupted ones resume
@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
-from files import read_jsonl, write_json, write_text  # noqa: E402
+from runs.files import read_jsonl, write_json, write_text  # noqa: E402
 
 # name -> train.py flags on top of the toy preset. "rtt" is the paper's setting (trained discriminator, intra-sample,
 # add, λ = 0.5, AON) with the toy preset's binary relevance (w >= 0.5) and its end-of-sequence token left to the
@@ -112,10 +112,10 @@ def run_command(directory: str, command: list[str]) -> tuple[int, float]:
 
 def build_shared_models() -> None:
     """Warm-start policy and toy discriminator are built once, before the parallel runs read them."""
-    import build_discriminator
-    import policies
-    policies.load_or_build_toy_policy()
-    build_discriminator.load_or_train_toy_discriminator()
+    from policies import toy
+    from relevance import build
+    toy.load_or_build_toy_policy()
+    build.load_or_train_toy_discriminator()
 
 
 # ----------------------------------------------------------------------------- aggregation
@@ -127,7 +127,8 @@ def run_result(directory: str, target: float) -> dict | None:
     with open(summary_path) as f:
         summary = json.load(f)
     metrics = read_jsonl(os.path.join(directory, "metrics.jsonl"))
-    evals = read_jsonl(os.path.join(directory, "evals.jsonl")) if os.path.exists(os.path.join(directory, "evals.jsonl")) else []
+    evals = (read_jsonl(os.path.join(directory, "evals.jsonl"))
+             if os.path.exists(os.path.join(directory, "evals.jsonl")) else [])
     tail = metrics[-10:]
     reached = [e["step"] for e in evals if e["instruction_accuracy"] >= target]
     return {
@@ -181,7 +182,8 @@ def markdown(table: dict) -> str:
         reached = f"{steps['median']} ({steps['reached']}/{steps['of']})" if steps["median"] else f"– (0/{steps['of']})"
         lines.append(f"| {method} | {len(row['seeds'])} | {cell(row['instruction_accuracy'])} | "
                      f"{cell(row['rubric_accuracy'])} | {cell(row['greedy_instruction_accuracy'])} | "
-                     f"{cell(row['unseen_combos_instruction_accuracy'])} | {reached} | {cell(row['final_length'], 1)} | "
+                     f"{cell(row['unseen_combos_instruction_accuracy'])} | {reached} | "
+                     f"{cell(row['final_length'], 1)} | "
                      f"{row['collapsed']} | {row['wall_seconds']['mean']:.0f} |")
     lines += ["", f"Paired difference against {BASELINE} (same seeds), mean ± 95% CI:", "",
               "| method | Δ instruction acc | Δ rubric acc |", "|---|---|---|"]
@@ -249,13 +251,17 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--steps", type=int, default=100, help="RL steps per run (equal for every method)")
     parser.add_argument("--eval_every", type=int, default=20, help="steps between validation evals (curves)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs in parallel (1 thread each)")
-    parser.add_argument("--target", type=float, default=0.2, help="validation instruction accuracy for 'steps to target'")
+    parser.add_argument("--target", type=float, default=0.2,
+                        help="validation instruction accuracy for 'steps to target'")
     parser.add_argument("--out", default=os.path.join(REPO_ROOT, "results"), help="output directory")
     parser.add_argument("--quick", action="store_true", help=f"{QUICK}")
     args = parser.parse_args(argv)
     if args.quick:
-        args.methods, args.seeds, args.steps = ",".join(QUICK["methods"]), QUICK["seeds"], QUICK["steps"]
-        args.out = args.out if args.out != os.path.join(REPO_ROOT, "results") else os.path.join(REPO_ROOT, "results", "quick")
+        args.methods = ",".join(QUICK["methods"])
+        args.seeds = QUICK["seeds"]
+        args.steps = QUICK["steps"]
+        args.out = (args.out if args.out != os.path.join(REPO_ROOT, "results")
+                    else os.path.join(REPO_ROOT, "results", "quick"))
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:

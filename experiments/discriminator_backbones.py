@@ -2,7 +2,7 @@
 experiments/discriminator_backbones.py — which backbone for a real policy's discriminator? The same minimal-pair
 examples and steps, different encoders; held-out token metrics and training time for each.
 
-Reads the examples a `python build_discriminator.py --policy P --data D` build saved beside its model
+Reads the examples a `python -m relevance.build --policy P --data D` build saved beside its model
 (examples.jsonl, held_out_examples.jsonl: the policy's own responses, labelled by checker search), and trains:
   policy_pca  the recipe's encoder, word embeddings initialised from a PCA of the policy's input embeddings
   random      the same encoder, embeddings initialised at random
@@ -22,10 +22,10 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-import build_discriminator  # noqa: E402
-import policies  # noqa: E402
 from discriminator import train_discriminator  # noqa: E402
-from files import read_jsonl, write_json  # noqa: E402
+from policies import loading  # noqa: E402
+from relevance import build, report  # noqa: E402
+from runs.files import read_jsonl, write_json  # noqa: E402
 
 VARIANTS = {"policy_pca": {}, "random": {"init": "random"}, "small": {"hidden": 64, "intermediate": 128}}
 
@@ -37,23 +37,25 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--json", default="")
     args = parser.parse_args(argv)
-    folder = build_discriminator.real_cache_dir(args.policy, args.data)
+    folder = build.real_cache_dir(args.policy, args.data)
     examples = read_jsonl(os.path.join(folder, "examples.jsonl"))
     held_out = read_jsonl(os.path.join(folder, "held_out_examples.jsonl"))
-    policy, tokenizer = policies.load_policy(args.policy, "cpu", "float32")
+    policy, tokenizer = loading.load_policy(args.policy, "cpu", "float32")
     results = {}
     for name in args.variants.split(","):
-        recipe = {**build_discriminator.REAL_RECIPE, **VARIANTS[name]}
-        model = build_discriminator.encoder_for(policy, tokenizer, recipe)
+        recipe = {**build.REAL_RECIPE, **VARIANTS[name]}
+        model = build.encoder_for(policy, tokenizer, recipe)
         start = time.time()
         train_discriminator(model, tokenizer, examples, recipe["steps"], recipe["batch_size"], recipe["lr"],
                             seed=recipe["seed"])
         seconds = time.time() - start
-        report = build_discriminator.held_out_report(model, tokenizer, held_out)
+        held_out_metrics = report.held_out_report(model, tokenizer, held_out)
         results[name] = {"recipe": recipe, "train_seconds": round(seconds, 1), "threads": torch.get_num_threads(),
-                         **{group: report[group] for group in ("all", "identifiable", "scope/tokens") if group in report}}
+                         **{group: held_out_metrics[group] for group in ("all", "identifiable", "scope/tokens")
+                            if group in held_out_metrics}}
         for group in ("all", "identifiable"):
-            m, u = report[group]["discriminator"], report[group]["uniform"]
+            m = held_out_metrics[group]["discriminator"]
+            u = held_out_metrics[group]["uniform"]
             print(f"{name:>11} {group:>13}: F1 {m['f1']:.3f} AUROC {m['auroc']:.3f} top-1 {m['top1_violated']:.3f}"
                   f" (uniform F1 {u['f1']:.3f}) | trained in {seconds:.0f} s")
     if args.json:

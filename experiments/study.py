@@ -39,8 +39,8 @@ REPO_ROOT = os.path.dirname(HERE)
 sys.path.insert(0, REPO_ROOT)
 sys.path.insert(0, HERE)
 from compare_methods import build_shared_models, mean_ci, run_command  # noqa: E402
-from files import read_jsonl, write_json, write_text  # noqa: E402
-from run_files import CollapseGuard  # noqa: E402
+from runs.files import read_jsonl, write_json, write_text  # noqa: E402
+from runs.outputs import CollapseGuard  # noqa: E402
 
 BASELINE = "grpo-aon"
 NORMS = ("intra", "inter", "rubric_mean", "rubric_softmax", "rubric_group")
@@ -54,8 +54,8 @@ REGIMES = {"all": "rubric_world", "local": "rubric_world:local", "global": "rubr
 
 def plan(best: str | None, quick: bool) -> dict[str, dict[str, list[str]]]:
     """{regime: {method: train.py flags}}: questions 1 and 2 on "all"; 3 and 4 once the best variant is known."""
-    first = {m: f for m, f in {**GROUPING, **RELEASED}.items() if not quick or m in (BASELINE, "intra-disc",
-                                                                                    "rubric_group-disc", "released-code")}
+    first = {m: f for m, f in {**GROUPING, **RELEASED}.items()
+             if not quick or m in (BASELINE, "intra-disc", "rubric_group-disc", "released-code")}
     runs = {"all": first}
     if best is not None and not quick:
         chosen = {m: GROUPING[m] for m in dict.fromkeys((BASELINE, "intra-disc", best))}
@@ -100,8 +100,10 @@ def run_result(directory: str) -> dict | None:
         return None
     with open(os.path.join(directory, "summary.json")) as f:
         summary = json.load(f)
-    metrics, evals = read_jsonl(os.path.join(directory, "metrics.jsonl")), read_jsonl(os.path.join(directory, "evals.jsonl"))
-    tail, guard = metrics[-10:], CollapseGuard()                # the guard replayed: one definition for every run
+    metrics = read_jsonl(os.path.join(directory, "metrics.jsonl"))
+    evals = read_jsonl(os.path.join(directory, "evals.jsonl"))
+    tail = metrics[-10:]
+    guard = CollapseGuard()                                      # the guard replayed: one definition for every run
     final = summary["final"]                                     # top level: the sampled numbers (eval.evaluate)
     return {"instruction_accuracy": final["instruction_accuracy"], "rubric_accuracy": final["rubric_accuracy"],
             "val_instruction_accuracy": evals[-1]["instruction_accuracy"],
@@ -124,7 +126,8 @@ def aggregate(results: dict) -> dict:
     for regime, by_method in results.items():
         base = by_method.get(BASELINE, {})
         for method, by_seed in by_method.items():
-            runs, types = list(by_seed.values()), sorted({t for r in by_seed.values() for t in r["per_type"]})
+            runs = list(by_seed.values())
+            types = sorted({t for r in by_seed.values() for t in r["per_type"]})
             row = {"seeds": sorted(by_seed), **{key: mean_ci([r[key] for r in runs]) for key in SCALARS},
                    "per_type": {t: sum(r["per_type"].get(t, 0.0) for r in runs) / len(runs) for t in types},
                    "collapsed": sum(r["collapsed"] for r in runs)}
@@ -156,8 +159,10 @@ def markdown(table: dict) -> str:
         for method, row in rows.items():
             paired = row.get("paired", {})
             lines.append(f"| {method} | {len(row['seeds'])} | {cell(row['instruction_accuracy'])} | "
-                         f"{cell(paired['instruction_accuracy']) if paired else '–'} | {cell(row['rubric_accuracy'])} | "
-                         f"{cell(paired['rubric_accuracy']) if paired else '–'} | {cell(row['val_instruction_accuracy'])} | "
+                         f"{cell(paired['instruction_accuracy']) if paired else '–'} | "
+                         f"{cell(row['rubric_accuracy'])} | "
+                         f"{cell(paired['rubric_accuracy']) if paired else '–'} | "
+                         f"{cell(row['val_instruction_accuracy'])} | "
                          f"{cell(row['tied_groups_at_start'], 2)} | {cell(row['hacking_final'], 2)} | "
                          f"{cell(row['length_final'], 1)} | {row['collapsed']} |")
         types = sorted({t for row in rows.values() for t in row["per_type"]})
@@ -225,7 +230,9 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--quick", action="store_true", help="2 seeds x 40 steps, 4 methods, question 1-2 only")
     args = parser.parse_args(argv)
     if args.quick:
-        args.seeds, args.steps, args.eval_every = 2, 40, 20
+        args.seeds = 2
+        args.steps = 40
+        args.eval_every = 20
         args.out = args.out if not args.out.endswith(os.path.join("results", "study")) else args.out + "_quick"
     start = time.time()
     build_shared_models()

@@ -1,4 +1,4 @@
-"""build_discriminator.py and checker_edits.py: discriminators are cached by what they were built from (the toy one,
+"""build.py and checker_edits.py: discriminators are cached by what they were built from (the toy one,
 and a real policy's on its dataset), minimal edits are found by checker search, and mismatches are refused."""
 
 import json
@@ -7,9 +7,9 @@ import os
 import pytest
 import torch
 
-import build_discriminator
-import checker_edits
-import rubric_world
+from relevance import build
+from relevance import checker_edits
+from tasks import rubric_world
 import train
 from tiny_models import build_tiny_chat_model, write_policy_and_rubrics
 
@@ -18,15 +18,15 @@ def test_load_or_train_caches_by_settings(tmp_path, monkeypatch, capsys):
     small = rubric_world.make_splits(seed=0, n_train=8, n_val=1, n_test=1, n_unseen=1)
     monkeypatch.setattr(rubric_world, "make_splits", lambda seed=0: small)
     settings = {"hidden": 16, "layers": 1, "heads": 2, "steps": 3, "batch_size": 4}
-    model, tok = build_discriminator.load_or_train_toy_discriminator(cache_dir=str(tmp_path / "d"), settings=settings)
+    model, tok = build.load_or_train_toy_discriminator(cache_dir=str(tmp_path / "d"), settings=settings)
     assert "toy discriminator" in capsys.readouterr().out
-    again, _ = build_discriminator.load_or_train_toy_discriminator(cache_dir=str(tmp_path / "d"), settings=settings)
+    again, _ = build.load_or_train_toy_discriminator(cache_dir=str(tmp_path / "d"), settings=settings)
     assert capsys.readouterr().out == ""                                         # loaded, not retrained
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
-    build_discriminator.load_or_train_toy_discriminator(cache_dir=str(tmp_path / "d"), settings={**settings, "steps": 4})
+    build.load_or_train_toy_discriminator(cache_dir=str(tmp_path / "d"), settings={**settings, "steps": 4})
     assert "toy discriminator" in capsys.readouterr().out                        # other settings: retrained
     with pytest.raises(ValueError, match="unknown discriminator settings"):
-        build_discriminator.load_or_train_toy_discriminator(cache_dir=str(tmp_path / "d"), settings={"step": 3})
+        build.load_or_train_toy_discriminator(cache_dir=str(tmp_path / "d"), settings={"step": 3})
 
 
 
@@ -45,7 +45,7 @@ def test_checker_search_labels_the_token_that_decides_and_counts_the_rest():
         {"type": "llm", "args": {}, "description": "Be friendly."}]}
     checkers = {"include": lambda text, word: word in text.split(), "length": lambda text, lo, hi: lo <= len(text.split()) <= hi,
                 "crashes": lambda text: 1 / 0}
-    examples, stats = build_discriminator.checker_examples([prompt], [[ids, [eos]]], tok, checkers, max_calls=300)
+    examples, stats = checker_edits.checker_examples([prompt], [[ids, [eos]]], tok, checkers, max_calls=300)
     include = [e for e in examples if e["type"] == "include"]
     assert [e["side"] for e in include] == ["positive", "negative"] and all(e["scope"] == "tokens" for e in include)
     assert include[0]["response_ids"] == ids and include[0]["identifiable"]      # the deleted word, on its side
@@ -73,7 +73,7 @@ def test_the_search_finds_a_smallest_edit_first():
 @pytest.fixture
 def tiny_real_setup(tmp_path, monkeypatch):
     monkeypatch.setenv("RTT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(build_discriminator, "REAL_RECIPE", {**build_discriminator.REAL_RECIPE, "samples": 2,
+    monkeypatch.setattr(build, "REAL_RECIPE", {**build.REAL_RECIPE, "samples": 2,
                         "max_new_tokens": 6, "steps": 4, "batch_size": 4, "hidden": 16, "heads": 2, "intermediate": 32,
                         "max_calls": 60})
     return write_policy_and_rubrics(tmp_path, n_prompts=12, avoid="the")
@@ -81,23 +81,21 @@ def tiny_real_setup(tmp_path, monkeypatch):
 
 def test_a_real_policys_discriminator_is_built_once_and_refused_for_other_data(tiny_real_setup, tmp_path, capsys):
     policy_dir, data_path = tiny_real_setup
-    disc, disc_tokenizer, meta = build_discriminator.build_real_discriminator(policy_dir, data_path)
+    disc, disc_tokenizer, meta = build.build_real_discriminator(policy_dir, data_path)
     assert "discriminator for" in capsys.readouterr().out
     assert meta["examples"] > 0 and set(meta["coverage"]) == {"include", "exclude"}
     assert meta["coverage"]["include"]["pairs"] == 2 * 10                        # 2 samples x 10 training prompts
     assert {"discriminator", "uniform", "random"} <= set(meta["report"]["all"])
-    again = build_discriminator.build_real_discriminator(policy_dir, data_path)
+    again = build.build_real_discriminator(policy_dir, data_path)
     assert capsys.readouterr().out == "" and again[2]["key"] == meta["key"]      # reused, not rebuilt
     out_dir = str(tmp_path / "cache" / "discriminators" / f"policy-{os.path.basename(data_path)}")
     with pytest.raises(ValueError, match="built for --data"):
-        build_discriminator.relevance_provider("discriminator", policy_dir, "other.jsonl", disc_tokenizer,
-                                               discriminator_dir=out_dir)
+        build.discriminator_for(policy_dir, "other.jsonl", disc_tokenizer, saved_dir=out_dir)
     with pytest.raises(ValueError, match="tokenizer differs"):
-        build_discriminator.relevance_provider("discriminator", policy_dir, data_path, rubric_world.build_tokenizer(),
-                                               discriminator_dir=out_dir)
+        build.discriminator_for(policy_dir, data_path, rubric_world.build_tokenizer(), saved_dir=out_dir)
     heatmap = tmp_path / "heat.png"                                              # the command line, on the cache
-    build_discriminator.main(["--policy", policy_dir, "--data", data_path, "--heatmap", str(heatmap), "--json",
-                              str(tmp_path / "report.json")])
+    build.main(["--policy", policy_dir, "--data", data_path, "--heatmap", str(heatmap), "--json",
+                str(tmp_path / "report.json")])
     assert heatmap.exists() and (tmp_path / "heat.html").exists()
     assert json.loads((tmp_path / "report.json").read_text())["key"] == meta["key"]
 
@@ -117,4 +115,4 @@ def test_a_dataset_without_checkers_asks_for_an_llm_labelled_discriminator(tiny_
     rows = [{"id": f"q{i}", "prompt": f"Say hi {i}.", "rubrics": ["Be friendly."]} for i in range(6)]
     (tmp_path / "llm_only.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     with pytest.raises(ValueError, match="no rubric of .* has a rule checker"):
-        build_discriminator.build_real_discriminator(policy_dir, str(tmp_path / "llm_only.jsonl"))
+        build.build_real_discriminator(policy_dir, str(tmp_path / "llm_only.jsonl"))

@@ -9,7 +9,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import AutoModelForTokenClassification, PreTrainedTokenizerFast, Qwen2Config
 
 import discriminator as disc
-import rubric_world
+from tasks import rubric_world
+from relevance import rubric_world_labels
 
 
 @pytest.fixture(scope="module")
@@ -74,24 +75,22 @@ def test_padding_and_padded_rubrics_are_zero_and_weights_are_probabilities(model
     prompts, response_ids, token_mask = batch
     rubric_mask = torch.tensor([[True, True, True], [True, True, False]])        # (B, K): prompt 1 has 2 rubrics
     valid = token_mask[:, :, None, :] & rubric_mask[:, None, :, None]            # (B, G, K, T)
-    for fn in (disc.make_relevance_fn(models_by_backbone["causal"], tokenizer),
-               disc.make_relevance_fn(kind="uniform"), disc.make_relevance_fn(kind="random")):
+    model = models_by_backbone["causal"]
+    for fn in (lambda *inputs: disc.relevance(model, tokenizer, *inputs), disc.uniform_relevance,
+               lambda *inputs: disc.random_relevance(*inputs, generator=torch.Generator().manual_seed(0))):
         weights = fn(prompts, response_ids, token_mask)                          # (B, G, K, T)
         assert weights.shape == valid.shape and weights.dtype == torch.float32
         assert torch.all(weights[~valid] == 0) and torch.all((weights[valid] > 0) & (weights[valid] <= 1))
     assert torch.all(weights[0, 2] == 0)                                         # the empty response: a zero row
 
 
-def test_make_relevance_fn_matches_relevance_and_checks_the_tokenizer(models_by_backbone, tokenizer, batch):
-    model = models_by_backbone["causal"]
-    fn = disc.make_relevance_fn(model, tokenizer, policy_tokenizer=tokenizer, max_tokens_per_batch=64)
-    assert torch.equal(fn(*batch), disc.relevance(model, tokenizer, *batch, max_tokens_per_batch=64))
-    random_a = disc.make_relevance_fn(kind="random", seed=3)(*batch)
-    assert torch.equal(random_a, disc.make_relevance_fn(kind="random", seed=3)(*batch))
+def test_random_relevance_follows_its_generator_and_another_tokenizer_is_refused(tokenizer, batch):
+    random_a = disc.random_relevance(*batch, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(random_a, disc.random_relevance(*batch, generator=torch.Generator().manual_seed(3)))
+    assert not torch.equal(random_a, disc.random_relevance(*batch, generator=torch.Generator().manual_seed(4)))
+    disc.check_same_tokenizer(tokenizer, tokenizer)
     with pytest.raises(ValueError, match="tokenizer differs"):
-        disc.make_relevance_fn(model, tokenizer, policy_tokenizer=bpe_tokenizer())
-    with pytest.raises(ValueError, match="unknown relevance kind"):
-        disc.make_relevance_fn(kind="oracle")
+        disc.check_same_tokenizer(tokenizer, bpe_tokenizer())
 
 
 def test_bad_relevance_inputs_give_clear_errors(models_by_backbone, tokenizer, batch):
@@ -166,7 +165,7 @@ def test_bce_ignores_everything_but_response_tokens():
 
 def test_training_on_a_tiny_set_decreases_the_loss(tokenizer):
     prompts = rubric_world.make_splits(seed=0, n_train=6, n_val=1, n_test=1, n_unseen=1)["train"]
-    examples = rubric_world.rubric_world_examples(prompts, tokenizer)
+    examples = rubric_world_labels.rubric_world_examples(prompts, tokenizer)
     model = disc.build_toy_discriminator(tokenizer, hidden=32, layers=1, heads=2)
     losses = disc.train_discriminator(model, tokenizer, examples, steps=40, batch_size=16)
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
@@ -202,13 +201,13 @@ def test_a_transformers_causal_lm_backbone_end_to_end(tokenizer, batch, tmp_path
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     model = AutoModelForTokenClassification.from_config(config)
     prompts = rubric_world.make_splits(seed=0, n_train=4, n_val=1, n_test=1, n_unseen=1)["train"]
-    losses = disc.train_discriminator(model, tokenizer, rubric_world.rubric_world_examples(prompts, tokenizer), steps=5,
-                                      batch_size=8)
+    examples = rubric_world_labels.rubric_world_examples(prompts, tokenizer)
+    losses = disc.train_discriminator(model, tokenizer, examples, steps=5, batch_size=8)
     assert all(l == l for l in losses)
     disc.save_discriminator(model, tokenizer, str(tmp_path / "qwen"))
     loaded, _ = disc.load_discriminator(str(tmp_path / "qwen"), policy_tokenizer=tokenizer)
     assert type(loaded).__name__ == "Qwen2ForTokenClassification"
-    weights = disc.make_relevance_fn(loaded, tokenizer, policy_tokenizer=tokenizer)(*batch)
+    weights = disc.relevance(loaded, tokenizer, *batch)
     torch.testing.assert_close(weights, slow_relevance(loaded, tokenizer, *batch), atol=2e-6, rtol=1e-5)
 
 

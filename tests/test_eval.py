@@ -7,11 +7,12 @@ import pytest
 import torch
 
 import eval as evaluation
-import files
-import policies
-import rubric_world
+from runs import files
+from policies import loading
+from policies import toy
+from tasks import rubric_world
 from rewards import RuleJudge
-from rubric_world import make_rubric
+from tasks.rubric_world import make_rubric
 from tiny_models import build_tiny_chat_model
 
 JUDGE = RuleJudge(rubric_world.CHECKERS)
@@ -106,7 +107,7 @@ class RecordingJudge:
 @pytest.fixture(scope="module")
 def tiny_policy():
     tokenizer = rubric_world.build_tokenizer()
-    return policies.build_toy_policy(tokenizer, seed=1).eval(), tokenizer
+    return toy.build_toy_policy(tokenizer, seed=1).eval(), tokenizer
 
 
 def test_evaluate_counts_every_response_once_and_matches_a_hand_count(tiny_policy):
@@ -151,22 +152,22 @@ def test_evaluate_is_deterministic_for_a_seed_and_leaves_train_mode_alone(tiny_p
 # ----------------------------------------------------------------------------- checkpoints and the CLI
 def test_checkpoint_loading_from_a_train_checkpoint_and_clear_errors(tmp_path, tiny_policy):
     model, tokenizer = tiny_policy
-    policies.save_policy(model, tokenizer, str(tmp_path / "start"))
+    toy.save_policy(model, tokenizer, str(tmp_path / "start"))
     trained = {k: v + 0.5 for k, v in model.state_dict().items()}
     torch.save({"policy": trained, "step": 1, "config": {"policy": str(tmp_path / "start")}}, tmp_path / "ckpt.pt")
-    loaded, _, config = policies.load_checkpoint_policy(str(tmp_path / "ckpt.pt"))
+    loaded, _, config = loading.load_checkpoint_policy(str(tmp_path / "ckpt.pt"))
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in trained.items())
     assert config == {"policy": str(tmp_path / "start")}
     (tmp_path / "junk.pt").write_text("not a checkpoint")
     with pytest.raises(ValueError, match="cannot read checkpoint"):
-        policies.load_checkpoint_policy(str(tmp_path / "junk.pt"))
+        loading.load_checkpoint_policy(str(tmp_path / "junk.pt"))
     torch.save({"policy": {"lm_head.weight": torch.zeros(2, 2)}, "step": 1, "config": {"policy": str(tmp_path / "start")}},
                tmp_path / "other.pt")
     with pytest.raises(ValueError, match="does not fit its policy"):
-        policies.load_checkpoint_policy(str(tmp_path / "other.pt"))
+        loading.load_checkpoint_policy(str(tmp_path / "other.pt"))
     torch.save({"policy": {}, "step": 1, "config": {"policy": str(tmp_path)}}, tmp_path / "nopolicy.pt")
     with pytest.raises(ValueError, match="cannot load a policy"):
-        policies.load_checkpoint_policy(str(tmp_path / "nopolicy.pt"))           # a dir without a policy
+        loading.load_checkpoint_policy(str(tmp_path / "nopolicy.pt"))           # a dir without a policy
     with pytest.raises(SystemExit, match="cannot evaluate: cannot read checkpoint"):
         evaluation.main(["--checkpoint", str(tmp_path / "junk.pt")])
 
@@ -188,7 +189,7 @@ def test_cli_scores_a_responses_file_and_writes_json(tmp_path):
 
 def test_cli_evaluates_a_saved_policy(tmp_path, tiny_policy):
     model, tokenizer = tiny_policy
-    policies.save_policy(model, tokenizer, str(tmp_path / "policy"))
+    toy.save_policy(model, tokenizer, str(tmp_path / "policy"))
     out = tmp_path / "eval.json"
     evaluation.main(["--policy", str(tmp_path / "policy"), "--split", "val", "--samples", "1",
                      "--max_new_tokens", "3", "--json", str(out)])
@@ -205,6 +206,6 @@ def test_checkpoint_of_a_real_policy_is_reloaded_with_its_own_family(tmp_path):
     tokenizer.save_pretrained(tmp_path / "qwen")
     state = {name: value + 0.01 for name, value in model.state_dict().items()}  # "trained" weights
     torch.save({"policy": state, "step": 1, "config": {"policy": str(tmp_path / "qwen")}}, tmp_path / "ckpt.pt")
-    loaded, loaded_tokenizer, _ = policies.load_checkpoint_policy(str(tmp_path / "ckpt.pt"))
+    loaded, loaded_tokenizer, _ = loading.load_checkpoint_policy(str(tmp_path / "ckpt.pt"))
     assert type(loaded).__name__ == "Qwen2ForCausalLM" and loaded_tokenizer.eos_token == "<|im_end|>"
     assert all(torch.equal(loaded.state_dict()[name], value) for name, value in state.items())

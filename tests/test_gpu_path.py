@@ -10,10 +10,11 @@ import pytest
 import torch
 
 import eval as evaluation
-import policies
-import rollout
-import run_files
-import tasks
+from runs import checkpoints
+from policies import loading
+from policies import rollout
+from runs import outputs
+from tasks import registry
 import train
 from tiny_models import build_tiny_chat_model, write_policy_and_rubrics
 
@@ -45,14 +46,14 @@ def test_bf16_compute_with_float32_master_weights_moves_every_weight_and_follows
     base, tokenizer = build_tiny_chat_model("llama", seed=7)
     base.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    model, tokenizer, amp = policies.load_for_training(str(tmp_path), "cpu", "float32")
+    model, tokenizer, amp = loading.load_for_training(str(tmp_path), "cpu", "float32")
     start = torch.cat([p.detach().flatten() for p in model.parameters()])
     data = batch(model, tokenizer)
     float32 = updated_weights(model, tokenizer, data, amp)
-    model, _, amp = policies.load_for_training(str(tmp_path), "cpu", "bfloat16")
+    model, _, amp = loading.load_for_training(str(tmp_path), "cpu", "bfloat16")
     assert all(p.dtype == torch.float32 for p in model.parameters())           # master weights
     bf16_compute = updated_weights(model, tokenizer, data, amp)
-    naive, _ = policies.load_policy(str(tmp_path), "cpu", "bfloat16")              # bf16 weights, updated in place
+    naive, _ = loading.load_policy(str(tmp_path), "cpu", "bfloat16")              # bf16 weights, updated in place
     naive_start = torch.cat([p.detach().float().flatten() for p in naive.parameters()])
     naive_bf16 = updated_weights(naive, tokenizer, data, lambda: torch.autocast("cpu", enabled=False))
     moved = lambda after, before=start: float((after != before).float().mean())    # noqa: E731
@@ -62,7 +63,7 @@ def test_bf16_compute_with_float32_master_weights_moves_every_weight_and_follows
     assert torch.linalg.vector_norm(step_bf16 - step_float32) < 0.3 * torch.linalg.vector_norm(step_float32)
     assert torch.nn.functional.cosine_similarity(step_bf16, step_float32, dim=0) > 0.95
     with pytest.raises(ValueError, match="float16 needs loss scaling"):
-        policies.load_for_training(str(tmp_path), "cpu", "float16")
+        loading.load_for_training(str(tmp_path), "cpu", "float16")
 
 
 def test_the_lm_head_runs_on_response_positions_only_in_chunks():
@@ -181,16 +182,16 @@ def test_every_generation_and_forward_stays_within_the_memory_budget(tmp_path, m
     policy holds more than --max_batch_tokens sequence positions (rows x positions of its attention mask)."""
     policy_dir, data_path = write_run_inputs(tmp_path)
     seen = []
-    real = policies.load_for_training
+    real = loading.load_for_training
 
     def watched(*args, **kwargs):
         model, tokenizer, amp = real(*args, **kwargs)
         seen.append(count_forwards(model))
         return model, tokenizer, amp
 
-    monkeypatch.setattr(policies, "load_for_training", watched)
-    longest = max(len(ids) for ids in rollout.encode_prompts(policies.load_policy(policy_dir)[1],
-                                                             tasks.load_splits(data_path)["train"]))
+    monkeypatch.setattr(train, "load_for_training", watched)
+    longest = max(len(ids) for ids in rollout.encode_prompts(loading.load_policy(policy_dir)[1],
+                                                             registry.load_splits(data_path)["train"]))
     budget = 2 * 2 * (longest + 5)                                                 # two prompts' G = 2 rows per chunk
     train.main(tiny_run(policy_dir, data_path, str(tmp_path / "run"), "--max_steps", "2", "--max_batch_tokens",
                         str(budget), "--eval_prompts", "4"))                        # 4 prompts x 2 samples: 2 chunks
@@ -199,14 +200,14 @@ def test_every_generation_and_forward_stays_within_the_memory_budget(tmp_path, m
     assert max(rows for rows, _ in shapes) > 1                                     # the budget was used, not 1 row
 
     eval_seen = []
-    real_checkpoint = policies.load_checkpoint_policy
+    real_checkpoint = loading.load_checkpoint_policy
 
     def watched_checkpoint(*args, **kwargs):
         model, tokenizer, config = real_checkpoint(*args, **kwargs)
         eval_seen.append(count_forwards(model))
         return model, tokenizer, config
 
-    monkeypatch.setattr(policies, "load_checkpoint_policy", watched_checkpoint)
+    monkeypatch.setattr(evaluation, "load_checkpoint_policy", watched_checkpoint)
     evaluation.main(["--checkpoint", str(tmp_path / "run" / "ckpt.pt"), "--samples", "2", "--max_new_tokens", "5",
                      "--max_batch_tokens", str(budget)])
     assert max(rows * positions for rows, positions in eval_seen[0]) <= budget
@@ -240,9 +241,9 @@ def test_reading_a_checkpoint_never_executes_code_from_it(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"policy": {}, "step": 1, "config": {"policy": "toy"}, "payload": Payload(marker)}, path)
     with pytest.raises(ValueError, match="cannot read checkpoint"):
-        policies.read_checkpoint(str(path))
+        checkpoints.read_checkpoint(str(path))
     with pytest.raises(SystemExit, match="cannot read checkpoint"):
-        run_files.load_checkpoint(str(path), {}, ())
+        checkpoints.load_checkpoint(str(path), {}, ())
     assert not os.path.exists(marker)
     torch.load(path, weights_only=False)["payload"].close()                       # unpickled without weights_only,
     assert os.path.exists(marker)                                                  # the payload does run
@@ -269,8 +270,8 @@ def test_resume_continues_exactly_as_an_uninterrupted_run(tmp_path):
     assert open(os.path.join(split, "samples.txt")).read() == open(os.path.join(straight, "samples.txt")).read()
     assert comparable(os.path.join(split, "evals.jsonl")) == comparable(os.path.join(straight, "evals.jsonl"))
     assert resumed["final"] == whole["final"] and resumed["collapse"] == whole["collapse"]
-    guard = policies.read_checkpoint(os.path.join(split, "ckpt.pt"))["run_state"]["collapse_guard"]
-    assert guard == policies.read_checkpoint(os.path.join(straight, "ckpt.pt"))["run_state"]["collapse_guard"]
+    guard = checkpoints.read_checkpoint(os.path.join(split, "ckpt.pt"))["run_state"]["collapse_guard"]
+    assert guard == checkpoints.read_checkpoint(os.path.join(straight, "ckpt.pt"))["run_state"]["collapse_guard"]
     assert guard["steps"] == 4                                                     # not restarted at the resume
 
 
@@ -279,6 +280,6 @@ def test_relevance_mean_counts_real_rubrics_only():
     rubric_mask = torch.tensor([[True, False]])                                    # one real rubric, one padded
     token_mask = torch.tensor([[[True, True, False], [True, False, False]]])       # (B, G, T)
     relevance = (rubric_mask[:, None, :, None] & token_mask[:, :, None, :]).float()  # uniform w = 1 where real
-    metrics = run_files.step_metrics(scores, rubric_mask, torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, 2, 3),
+    metrics = outputs.step_metrics(scores, rubric_mask, torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, 2, 3),
                                      relevance, torch.zeros(1, 2, 3, dtype=torch.long), token_mask, eos_id=9)
     assert metrics["relevance/mean"] == 1.0

@@ -6,8 +6,8 @@ import json
 import pytest
 
 import eval as evaluation
-import ifbench
-import ifeval
+from tasks import ifbench
+from tasks import ifeval
 import train
 
 

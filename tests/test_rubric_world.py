@@ -4,8 +4,11 @@ import random
 import pytest
 import torch
 
-import rubric_world
-from rubric_world import CHECKERS, make_rubric, passes
+from tasks import rubric_world
+from tasks import rubric_world_edits
+from relevance import rubric_world_labels
+from discriminator import token_diff_labels
+from tasks.rubric_world import CHECKERS, make_rubric, passes
 
 # (type, args, satisfying responses, violating responses), all written by hand
 CHECKER_CASES = [
@@ -107,11 +110,11 @@ def test_violate_breaks_exactly_the_target_and_keeps_the_others():
     for prompt in small_splits(2)["train"][:150]:
         words = rubric_world.satisfying_response(prompt, rng)
         for k, rubric in enumerate(prompt["rubrics"]):
-            edited = rubric_world.violate(rubric, words, rng, prompt["rubrics"])
+            edited = rubric_world_edits.violate(rubric, words, rng, prompt["rubrics"])
             assert edited is not None, (prompt["prompt"], rubric)
             after = verdicts(prompt, edited)
             assert after == [j != k for j in range(len(after))], (words, edited, rubric["description"])
-            labels, edited_labels = rubric_world.token_diff_labels(words, edited)
+            labels, edited_labels = token_diff_labels(words, edited)
             assert sum(labels) + sum(edited_labels) > 0 and sum(edited_labels) > 0
             n_edits += 1
     assert n_edits > 500
@@ -121,12 +124,12 @@ def test_violate_on_a_teacher_response_keeps_the_verdicts_it_had():
     rng = random.Random(1)
     for prompt in small_splits(2)["val"]:
         for _ in range(5):
-            words = rubric_world.teacher_response(prompt, rng, p_satisfy=0.6)
+            words = rubric_world_edits.teacher_response(prompt, rng, p_satisfy=0.6)
             before = verdicts(prompt, words)
             for k, rubric in enumerate(prompt["rubrics"]):
                 if not before[k]:
                     continue
-                edited = rubric_world.violate(rubric, words, rng, prompt["rubrics"])
+                edited = rubric_world_edits.violate(rubric, words, rng, prompt["rubrics"])
                 if edited is None:
                     continue
                 after = verdicts(prompt, edited)
@@ -140,11 +143,11 @@ def test_repair_fixes_exactly_the_target_and_keeps_the_others():
     for prompt in small_splits(2)["train"][:150]:
         words = rubric_world.satisfying_response(prompt, rng)
         for rubric in prompt["rubrics"]:
-            broken = rubric_world.violate(rubric, words, rng, prompt["rubrics"])
-            fixed = rubric_world.repair(rubric, broken, rng, prompt["rubrics"])
+            broken = rubric_world_edits.violate(rubric, words, rng, prompt["rubrics"])
+            fixed = rubric_world_edits.repair(rubric, broken, rng, prompt["rubrics"])
             assert fixed is not None, (broken, rubric["description"])
             assert all(verdicts(prompt, fixed)), (broken, fixed, rubric["description"])
-            assert sum(rubric_world.token_diff_labels(broken, fixed)[0]) > 0
+            assert sum(token_diff_labels(broken, fixed)[0]) > 0
             n_repairs += 1
     assert n_repairs > 500
 
@@ -152,46 +155,46 @@ def test_repair_fixes_exactly_the_target_and_keeps_the_others():
 def test_violate_and_repair_reject_the_wrong_direction():
     rubric = make_rubric("starts_with", word="boat")
     with pytest.raises(ValueError, match="satisfies"):
-        rubric_world.violate(rubric, ["the", "boat"], random.Random(0))
+        rubric_world_edits.violate(rubric, ["the", "boat"], random.Random(0))
     with pytest.raises(ValueError, match="violates"):
-        rubric_world.repair(rubric, ["boat", "ahoy"], random.Random(0))
+        rubric_world_edits.repair(rubric, ["boat", "ahoy"], random.Random(0))
 
 
 def test_teacher_is_perfect_at_p1_and_imperfect_below():
     rng = random.Random(0)
     prompts = small_splits(5)["val"]
-    assert all(all(verdicts(p, rubric_world.teacher_response(p, rng, 1.0))) for p in prompts)
-    rate = sum(sum(verdicts(p, rubric_world.teacher_response(p, rng, 0.5))) for p in prompts for _ in range(10)) / \
+    assert all(all(verdicts(p, rubric_world_edits.teacher_response(p, rng, 1.0))) for p in prompts)
+    rate = sum(sum(verdicts(p, rubric_world_edits.teacher_response(p, rng, 0.5))) for p in prompts for _ in range(10)) / \
         sum(10 * len(p["rubrics"]) for p in prompts)
     assert 0.4 < rate < 0.75
     with pytest.raises(ValueError, match="p_satisfy"):
-        rubric_world.teacher_response(prompts[0], rng, 1.5)
+        rubric_world_edits.teacher_response(prompts[0], rng, 1.5)
 
 
 # ----------------------------------------------------------------------------- token labels
 def test_token_diff_labels_hand_examples():
-    assert rubric_world.token_diff_labels([1, 2, 3], [1, 2, 3]) == ([0, 0, 0], [0, 0, 0])
-    assert rubric_world.token_diff_labels([1, 2, 3], [1, 9, 3]) == ([0, 1, 0], [0, 1, 0])                # replace
-    assert rubric_world.token_diff_labels([1, 2, 3, 4], [1, 3, 2, 4]) == ([0, 1, 1, 0], [0, 1, 1, 0])   # swap
-    assert rubric_world.token_diff_labels([1, 2, 3, 4, 5], [1, 4, 3, 2, 5]) == ([0, 1, 0, 1, 0], [0, 1, 0, 1, 0])
-    assert rubric_world.token_diff_labels([1, 2, 3, 4, 5], [1, 3, 4, 2, 5]) == ([0, 1, 0, 0, 1], [0, 1, 0, 1, 0])  # move
-    assert rubric_world.token_diff_labels([1, 2, 3], [1, 3]) == ([0, 1, 0], [0, 1])                     # deletion
-    assert rubric_world.token_diff_labels([1, 2, 3], [1, 2]) == ([0, 0, 1], [0, 1])                     # cut at the end
-    assert rubric_world.token_diff_labels([], [7]) == ([], [1])
+    assert token_diff_labels([1, 2, 3], [1, 2, 3]) == ([0, 0, 0], [0, 0, 0])
+    assert token_diff_labels([1, 2, 3], [1, 9, 3]) == ([0, 1, 0], [0, 1, 0])                # replace
+    assert token_diff_labels([1, 2, 3, 4], [1, 3, 2, 4]) == ([0, 1, 1, 0], [0, 1, 1, 0])   # swap
+    assert token_diff_labels([1, 2, 3, 4, 5], [1, 4, 3, 2, 5]) == ([0, 1, 0, 1, 0], [0, 1, 0, 1, 0])
+    assert token_diff_labels([1, 2, 3, 4, 5], [1, 3, 4, 2, 5]) == ([0, 1, 0, 0, 1], [0, 1, 0, 1, 0])  # move
+    assert token_diff_labels([1, 2, 3], [1, 3]) == ([0, 1, 0], [0, 1])                     # deletion
+    assert token_diff_labels([1, 2, 3], [1, 2]) == ([0, 0, 1], [0, 1])                     # cut at the end
+    assert token_diff_labels([], [7]) == ([], [1])
 
 
 def test_relevance_pair_labels_cover_the_words_plus_eos():
     rng = random.Random(0)
     rubric = make_rubric("length", lo=3, hi=4)
-    edited, labels = rubric_world.relevance_pair(rubric, ["a", "b"], rng)              # too short: a word goes in
+    edited, labels = rubric_world_labels.relevance_pair(rubric, ["a", "b"], rng)              # too short: a word goes in
     assert passes(rubric, edited) and edited[0] == "a" and edited[-1] == "b"   # before the last word, so the
     assert labels == [0, 1, 0]                                                 # blame is the word after the gap
-    edited, labels = rubric_world.relevance_pair(make_rubric("starts_with", word="boat"), ["boat", "a"], rng)
+    edited, labels = rubric_world_labels.relevance_pair(make_rubric("starts_with", word="boat"), ["boat", "a"], rng)
     assert edited[1:] == ["a"] and edited[0] != "boat" and labels == [1, 0, 0]
 
 
 def test_minimal_pairs_flip_only_their_rubric():
-    pairs = list(rubric_world.minimal_pairs(small_splits(6)["val"], random.Random(0)))
+    pairs = list(rubric_world_labels.minimal_pairs(small_splits(6)["val"], random.Random(0)))
     assert len(pairs) > 40
     prompts = {p["id"]: p for p in small_splits(6)["val"]}
     for pair in pairs:
@@ -231,7 +234,7 @@ def test_oracle_relevance_shape_padding_and_labels():
             token_mask[b, g, :len(ids)] = True
     token_mask[1, 1, 3] = False                                                  # cut before EOS: no EOS
     response_ids[1, 1, 3] = pad
-    relevance = rubric_world.oracle_relevance(prompts, response_ids, token_mask, tokenizer)
+    relevance = rubric_world_labels.oracle_relevance(prompts, response_ids, token_mask, tokenizer)
     assert relevance.shape == (2, 2, 2, t_size) and relevance.dtype == torch.float32
     assert bool((relevance[~token_mask[:, :, None, :].expand_as(relevance)] == 0).all())   # padded tokens
     assert bool((relevance[1, :, 1] == 0).all())                                            # padded rubric
@@ -246,23 +249,23 @@ def test_oracle_relevance_rejects_bad_shapes():
     tokenizer = rubric_world.build_tokenizer()
     prompts = [{"id": "a", "rubrics": [make_rubric("lowercase")]}]
     with pytest.raises(ValueError, match="bool token_mask"):
-        rubric_world.oracle_relevance(prompts, torch.zeros(1, 1, 3, dtype=torch.long), torch.ones(1, 1, 3), tokenizer)
+        rubric_world_labels.oracle_relevance(prompts, torch.zeros(1, 1, 3, dtype=torch.long), torch.ones(1, 1, 3), tokenizer)
     with pytest.raises(ValueError, match="2 prompts"):
-        rubric_world.oracle_relevance(prompts * 2, torch.zeros(1, 1, 3, dtype=torch.long),
+        rubric_world_labels.oracle_relevance(prompts * 2, torch.zeros(1, 1, 3, dtype=torch.long),
                               torch.ones(1, 1, 3, dtype=torch.bool), tokenizer)
 
 
 def test_regimes_restrict_the_rubrics_and_keep_the_default_draws():
-    import tasks
+    from tasks import registry
 
-    local = tasks.load_splits("rubric_world:local")["test"]
+    local = registry.load_splits("rubric_world:local")["test"]
     assert all(r["type"] in rubric_world.LOCAL_TYPES for p in local for r in p["rubrics"])
-    assert {r["type"] for p in tasks.load_splits("rubric_world:global")["val"] for r in p["rubrics"]} == {
+    assert {r["type"] for p in registry.load_splits("rubric_world:global")["val"] for r in p["rubrics"]} == {
         "length", "count", "parts"}
-    assert {len(p["rubrics"]) for p in tasks.load_splits("rubric_world:k6")["val"]} == {6}
-    assert tasks.load_splits("rubric_world") == rubric_world.make_splits(seed=0)
+    assert {len(p["rubrics"]) for p in registry.load_splits("rubric_world:k6")["val"]} == {6}
+    assert registry.load_splits("rubric_world") == rubric_world.make_splits(seed=0)
     with pytest.raises(ValueError, match="unknown Rubric World regime"):
-        tasks.load_splits("rubric_world:nope")
+        registry.load_splits("rubric_world:nope")
 
 
 def test_repeating_a_rubric_word_is_counted_unless_a_count_rubric_asks_for_it():
@@ -270,7 +273,7 @@ def test_repeating_a_rubric_word_is_counted_unless_a_count_rubric_asks_for_it():
     assert rubric_world.repeats_a_rubric_word(prompt, "boat boat the boat")
     assert not rubric_world.repeats_a_rubric_word(prompt, "boat fish fish fish")        # asked for: 3 fish
     assert not rubric_world.repeats_a_rubric_word(prompt, "the the the boat")           # 'the' is no rubric's word
-    import tasks
+    from tasks import registry
     texts = [["boat boat boat", "boat"], ["fish", "a"]]
-    assert tasks.batch_metrics("rubric_world:k3", [prompt, prompt], texts) == {"hacking/repeated_rubric_word": 0.25}
-    assert tasks.batch_metrics("ifeval", [prompt, prompt], texts) == {}
+    assert registry.batch_metrics("rubric_world:k3", [prompt, prompt], texts) == {"hacking/repeated_rubric_word": 0.25}
+    assert registry.batch_metrics("ifeval", [prompt, prompt], texts) == {}

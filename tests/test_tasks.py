@@ -1,10 +1,10 @@
-"""tasks.py: rubric datasets from JSONL / datasets (rows validated, errors naming the row), held-out splits."""
+"""registry.py: rubric datasets from JSONL / datasets (rows validated, errors naming the row), held-out splits."""
 import json
 
 import pytest
 
-import rubric_world
-import tasks
+from tasks import rubric_world
+from tasks import registry
 
 
 def write_jsonl(path, rows):
@@ -18,7 +18,7 @@ def test_load_rubric_dataset_reads_typed_and_llm_rubrics(tmp_path):
                                                                  {"type": "include", "args": {"word": "boat"},
                                                                   "description": "Use the word boat."}]},
         {"prompt": "Say hi.", "rubrics": [{"description": "Be brief."}]}])
-    prompts = tasks.load_rubric_dataset(path, checkers=rubric_world.CHECKERS)
+    prompts = registry.load_rubric_dataset(path, checkers=rubric_world.CHECKERS)
     assert [p["id"] for p in prompts] == ["a", "2"]
     assert prompts[0]["rubrics"][0] == {"type": "llm", "args": {}, "description": "The tone is formal."}
     assert prompts[0]["rubrics"][1]["type"] == "include" and prompts[1]["rubrics"][0]["type"] == "llm"
@@ -38,14 +38,14 @@ def test_load_rubric_dataset_reads_typed_and_llm_rubrics(tmp_path):
 def test_load_rubric_dataset_names_the_row_and_the_problem(tmp_path, row, message):
     path = write_jsonl(tmp_path / "bad.jsonl", [row])
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
-        tasks.load_rubric_dataset(path, checkers=rubric_world.CHECKERS)
+        registry.load_rubric_dataset(path, checkers=rubric_world.CHECKERS)
 
 
 def test_load_rubric_dataset_rejects_duplicate_ids_and_reads_saved_datasets(tmp_path):
     row = {"id": "x", "prompt": "p", "rubrics": ["d"]}
     with pytest.raises(ValueError, match="row 2: id 'x' already used by row 1"):
-        tasks.load_rubric_dataset(write_jsonl(tmp_path / "dup.jsonl", [row, row]))
+        registry.load_rubric_dataset(write_jsonl(tmp_path / "dup.jsonl", [row, row]))
     import datasets
 
     datasets.Dataset.from_list([{"prompt": "p", "rubrics": ["be kind"]}]).save_to_disk(str(tmp_path / "saved"))
-    assert tasks.load_rubric_dataset(str(tmp_path / "saved"))[0]["rubrics"][0]["description"] == "be kind"
+    assert registry.load_rubric_dataset(str(tmp_path / "saved"))[0]["rubrics"][0]["description"] == "be kind"

@@ -10,12 +10,14 @@ import torch
 
 from transformers import LlamaConfig, LlamaForTokenClassification
 
-import build_discriminator
+from relevance import build
 import discriminator
-import policies
-import rollout
-import run_files
-import tasks
+from runs import checkpoints
+from policies import loading
+from policies import toy
+from policies import rollout
+from runs import outputs
+from tasks import registry
 import train
 from normalize import group_advantages, token_advantages
 from rewards import response_reward, token_rewards
@@ -30,8 +32,8 @@ TINY = ["--relevance_threshold", "0", "--prompts_per_step", "2", "--group_size",
 def tiny_cache(tmp_path_factory, monkeypatch):
     """Warm-start policy and discriminator built in seconds into a private cache (never the user's)."""
     monkeypatch.setenv("RTT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-    monkeypatch.setitem(policies.WARM_START, "steps", 20)
-    monkeypatch.setitem(build_discriminator.TOY_SETTINGS, "steps", 20)
+    monkeypatch.setitem(toy.WARM_START, "steps", 20)
+    monkeypatch.setitem(build.TOY_SETTINGS, "steps", 20)
 
 
 def read_steps(path):
@@ -97,17 +99,17 @@ def test_checkpoint_of_another_config_or_unreadable_is_refused(tmp_path):
     path = str(tmp_path / "ckpt.pt")
     torch.save({"policy": {}, "optimizer": {}, "step": 1, "config": {**vars(cfg), "lam": 1.0}}, path)
     with pytest.raises(SystemExit, match="another config.*lam"):
-        run_files.load_checkpoint(path, vars(cfg), train.RUN_DEFINING)
+        checkpoints.load_checkpoint(path, vars(cfg), train.RUN_DEFINING)
     (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(SystemExit, match="cannot read checkpoint"):
-        run_files.load_checkpoint(str(tmp_path / "broken.pt"), vars(cfg), train.RUN_DEFINING)
+        checkpoints.load_checkpoint(str(tmp_path / "broken.pt"), vars(cfg), train.RUN_DEFINING)
 
 
 def test_prompt_batches_are_a_permutation_per_epoch():
     prompts = [{"id": str(i)} for i in range(10)]
-    seen = [p["id"] for step in range(5) for p in tasks.prompt_batch(prompts, step, 2, seed=3)]
+    seen = [p["id"] for step in range(5) for p in registry.prompt_batch(prompts, step, 2, seed=3)]
     assert sorted(seen) == sorted(p["id"] for p in prompts)
-    assert tasks.prompt_batch(prompts, 7, 2, seed=3) == tasks.prompt_batch(prompts, 7, 2, seed=3)
+    assert registry.prompt_batch(prompts, 7, 2, seed=3) == registry.prompt_batch(prompts, 7, 2, seed=3)
 
 
 @pytest.mark.parametrize("loss_agg", ["seq-mean-token-mean", "token-mean"])
@@ -147,7 +149,7 @@ def test_paper_preset_on_a_tiny_llama_with_hybrid_judge_discriminator_and_micro_
     policy_dir, disc_dir = str(tmp_path / "policy"), str(tmp_path / "disc")
     model.save_pretrained(policy_dir)
     tokenizer.save_pretrained(policy_dir)
-    _, chat_tokenizer = policies.load_policy(policy_dir)                         # eos = end-of-turn, pad set
+    _, chat_tokenizer = loading.load_policy(policy_dir)                         # eos = end-of-turn, pad set
     torch.manual_seed(0)
     disc = LlamaForTokenClassification(LlamaConfig(
         vocab_size=len(chat_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -171,7 +173,7 @@ def test_paper_preset_on_a_tiny_llama_with_hybrid_judge_discriminator_and_micro_
     assert summary["start"]["n_prompts"] == 1 and "final_unseen_combos" not in summary
     assert torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)["step"] == 2
     # eval.py reloads the checkpoint as train.py loaded the policy: the trained weights, the chat end-of-turn eos
-    evaluated, eval_tokenizer, _ = policies.load_checkpoint_policy(os.path.join(out, "ckpt.pt"))
+    evaluated, eval_tokenizer, _ = loading.load_checkpoint_policy(os.path.join(out, "ckpt.pt"))
     trained = torch.load(os.path.join(out, "ckpt.pt"), weights_only=False)["policy"]
     assert all(torch.equal(evaluated.state_dict()[name], value) for name, value in trained.items())
     assert eval_tokenizer.eos_token == "<|eot_id|>" == chat_tokenizer.eos_token
@@ -226,7 +228,7 @@ def test_a_rubric_world_regime_runs_end_to_end_and_logs_reward_hacking(tmp_path)
     summary = train.main(["--max_steps", "1", "--data", "rubric_world:global", "--out_dir", str(tmp_path / "g"), *TINY,
                           "--eval_every", "1"])
     assert "final" in summary and "final_unseen_combos" not in summary          # a regime has no unseen split
-    assert {r["type"] for p in train.tasks.load_splits("rubric_world:global")["train"] for r in p["rubrics"]} == {
+    assert {r["type"] for p in registry.load_splits("rubric_world:global")["train"] for r in p["rubrics"]} == {
         "length", "count", "parts"}
     with open(tmp_path / "g" / "metrics.jsonl") as f:
         assert 0.0 <= json.loads(f.readline())["hacking/repeated_rubric_word"] <= 1.0
@@ -243,20 +245,20 @@ def guard_steps(guard, pass_rates, length=10.0):
 
 
 def test_collapse_guard_ignores_one_noisy_step_and_flags_a_sustained_fall():
-    window = run_files.CollapseGuard.WINDOW
-    noisy = guard_steps(run_files.CollapseGuard(), [0.25, 0.67, 0.08] + [0.3] * (2 * window))   # one bad step
+    window = outputs.CollapseGuard.WINDOW
+    noisy = guard_steps(outputs.CollapseGuard(), [0.25, 0.67, 0.08] + [0.3] * (2 * window))   # one bad step
     assert not any(noisy)
-    falling = guard_steps(run_files.CollapseGuard(), [0.5] * window + [0.1] * window)
+    falling = guard_steps(outputs.CollapseGuard(), [0.5] * window + [0.1] * window)
     assert not any(falling[:-1]) and "rubric pass rate fell from 0.50" in falling[-1]           # at step 2W − 1
-    shrinking = run_files.CollapseGuard()
+    shrinking = outputs.CollapseGuard()
     assert not any(guard_steps(shrinking, [0.5] * window, length=20.0))
     assert "mean response length fell from 20.0" in guard_steps(shrinking, [0.5] * window, length=2.0)[-1]
 
 
 def test_collapse_guard_state_survives_json_like_a_checkpoint():
-    window = run_files.CollapseGuard.WINDOW
-    straight = guard_steps(run_files.CollapseGuard(), [0.5] * window + [0.1] * window)
-    first = run_files.CollapseGuard()
+    window = outputs.CollapseGuard.WINDOW
+    straight = guard_steps(outputs.CollapseGuard(), [0.5] * window + [0.1] * window)
+    first = outputs.CollapseGuard()
     guard_steps(first, [0.5] * window + [0.1] * 3)
-    resumed = run_files.CollapseGuard(json.loads(json.dumps(first.state)))
+    resumed = outputs.CollapseGuard(json.loads(json.dumps(first.state)))
     assert guard_steps(resumed, [0.1] * (window - 3)) == straight[window + 3:]

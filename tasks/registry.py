@@ -1,8 +1,8 @@
 """
-tasks.py — the prompts-with-rubrics a run trains and evaluates on, and the judge that scores them.
+tasks/registry.py — the prompts-with-rubrics a run trains and evaluates on, and the judge that scores them.
 
-Paper:    RTT §4 (rubric-based instruction-following data; rule checkers where a rubric is verifiable by code,
-          an LLM judge answering YES/NO elsewhere); RTT_SPEC.md §3 step 2 and §7.
+Paper:    paper §4 (rubric-based instruction-following data; rule checkers where a rubric is verifiable by code,
+          an LLM judge answering YES/NO elsewhere); METHOD.md §3 step 2 and §8.
 Data:     "rubric_world" (the toy task, its own splits; "rubric_world:<regime>" restricts its rubrics), "ifeval" (the
           541 IFEval prompts, lm-eval's checkers), "ifbench" (IFBench's 300 test prompts, if-verifiable's checkers),
           or a JSONL file / saved `datasets` directory / `datasets` name with rows
@@ -19,11 +19,8 @@ from functools import lru_cache
 
 import torch
 
-import ifbench
-import ifeval
-import policies
-import rubric_world
 from rewards import HybridJudge, LLMJudge, RuleJudge
+from tasks import ifbench, ifeval, rubric_world
 
 BENCHMARKS = {"ifeval": ifeval, "ifbench": ifbench}               # the paper's benchmarks: prompts and checkers
 DATA_JUDGES = {"rubric_world": "rule", "ifeval": "ifeval", "ifbench": "ifbench"}   # each dataset's own judge
@@ -67,8 +64,8 @@ def load_splits(data: str) -> dict[str, list[dict]]:
     return held_out_splits(BENCHMARKS[data].load_prompts() if data in BENCHMARKS else load_rubric_dataset(data))
 
 
-def evaluation_task(data: str, split: str, judge: str, judge_model: str = "", data_file: str = "",
-                    device: str = "cpu", dtype: str = "auto") -> tuple[list[dict], dict]:
+def evaluation_task(data: str, split: str, judge: str, judge_llm: tuple | None = None,
+                    data_file: str = "") -> tuple[list[dict], dict]:
     """The prompts of a split and the judges that score them, {name: judge}: a benchmark (IFEval, IFBench) strict
     and loose, its own two tests, any other judge by its kind. Split "all" is every prompt of a benchmark."""
     if data in BENCHMARKS:
@@ -82,7 +79,7 @@ def evaluation_task(data: str, split: str, judge: str, judge_model: str = "", da
         raise ValueError(f"--data {data} needs a judge ({' | '.join(JUDGES)})")
     if judge in BENCHMARKS:
         return splits[split], {"strict": make_judge(judge), "loose": make_judge(judge, loose=True)}
-    return splits[split], {judge: make_judge(judge, judge_model, device, dtype)}
+    return splits[split], {judge: make_judge(judge, judge_llm)}
 
 
 def data_checkers(data: str) -> dict:
@@ -91,6 +88,11 @@ def data_checkers(data: str) -> dict:
     if data in BENCHMARKS:
         return BENCHMARKS[data].checkers()
     return dict(rubric_world.CHECKERS) if is_rubric_world(data) else {**rubric_world.CHECKERS, **ifeval.checkers()}
+
+
+def default_max_new_tokens(data: str) -> int:
+    """The response length cap a dataset's prompts need: Rubric World's longest accepted answer + EOS, else 256."""
+    return rubric_world.MAX_NEW_TOKENS if is_rubric_world(data) else 256
 
 
 def is_rubric_world(data: str) -> bool:
@@ -107,19 +109,19 @@ def batch_metrics(data: str, prompts: list[dict], texts: list[list[str]]) -> dic
     return {"hacking/repeated_rubric_word": sum(repeats) / len(repeats)}
 
 
-def make_judge(kind: str, judge_model: str = "", device: str = "cpu", dtype: str = "auto", loose: bool = False):
+def make_judge(kind: str, judge_llm: tuple | None = None, loose: bool = False):
     """judge(prompts, responses) -> (rubric scores (B, G, K) in {+1, −1}, rubric_mask (B, K)) of one JUDGES kind
-    (a benchmark's judge strict, or loose with `loose`)."""
+    (a benchmark's judge strict, or loose with `loose`). The llm and hybrid judges ask `judge_llm`, a loaded
+    (model, tokenizer) pair (policies.loading.load_policy loads one)."""
     if kind == "rule":
         return RuleJudge(rubric_world.CHECKERS)
     if kind in BENCHMARKS:
         return ifeval.IFEvalJudge(loose) if kind == "ifeval" else ifbench.IFBenchJudge(loose)
     if kind not in ("llm", "hybrid"):
         raise ValueError(f"unknown judge {kind!r}; choose one of {', '.join(JUDGES)}")
-    if not judge_model:
-        raise ValueError(f"the {kind} judge needs a judge model (a causal LM directory or hub id)")
-    model, tokenizer = policies.load_policy(judge_model, device, dtype)
-    llm_judge = LLMJudge(model, tokenizer)
+    if judge_llm is None:
+        raise ValueError(f"the {kind} judge needs a judge model (--judge_model: a causal LM directory or hub id)")
+    llm_judge = LLMJudge(*judge_llm)
     return llm_judge if kind == "llm" else HybridJudge({**rubric_world.CHECKERS, **ifeval.checkers()}, llm_judge)
 
 
@@ -134,7 +136,8 @@ def _rubric_from_row(rubric, where: str, k: int, checkers: dict | None) -> dict:
         rubric = {"description": rubric}
     if not isinstance(rubric, dict):
         raise ValueError(f"{where}: rubric {k} must be an object or a string, got {type(rubric).__name__}")
-    description, rubric_type = rubric.get("description"), rubric.get("type") or "llm"
+    description = rubric.get("description")
+    rubric_type = rubric.get("type") or "llm"
     args = rubric.get("args") if rubric.get("args") is not None else {}
     if not isinstance(description, str) or not description.strip():
         raise ValueError(f"{where}: rubric {k} needs a non-empty string 'description' (the criterion in words)")
@@ -153,7 +156,8 @@ def rubric_prompt_from_row(row, index: int, source: str, checkers: dict | None =
     where = f"{source} row {index}"
     if not isinstance(row, dict):
         raise ValueError(f"{where}: expected an object with 'prompt' and 'rubrics', got {type(row).__name__}")
-    prompt, rubrics = row.get("prompt"), row.get("rubrics")
+    prompt = row.get("prompt")
+    rubrics = row.get("rubrics")
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(f"{where}: needs a non-empty string 'prompt' (has fields {sorted(row)})")
     if not isinstance(rubrics, list) or not rubrics:

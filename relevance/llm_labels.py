@@ -1,11 +1,11 @@
 """
-llm_labels.py — relevance labels written by an LLM, or by you: the paper's LLM editor, the greedy-quote baseline,
-and character spans from a JSONL file.
+relevance/llm_labels.py — relevance labels written by an LLM, or by you: the paper's LLM editor, the greedy-quote
+baseline, and character spans from a JSONL file.
 
-Paper:    RTT appendix (discriminator training data): an LLM makes a minimal modification of a positive response
+Paper:    paper appendix (discriminator training data): an LLM makes a minimal modification of a positive response
           that violates exactly one rubric; the token diff of the pair is the label (discriminator.token_diff_labels).
           The "greedy" baseline asks an LLM to quote the segments of a response relevant to a criterion.
-          RTT_SPEC.md §4.
+          METHOD.md §4.
 Input:    generate_fn(list of prompts) -> list of completions (any local causal LM through hf_generate_fn, or a
           fake in tests); a judge(rubric, text) -> bool for the editor's check; a fast tokenizer for offsets
 Output:   discriminator examples (discriminator.make_example) and counts of every answer that was rejected
@@ -13,7 +13,7 @@ Output:   discriminator examples (discriminator.make_example) and counts of ever
 Strict:   answers are parsed as exactly the asked JSON object; malformed answers, quotes absent from the
           response, edits that do not flip the target verdict or change another one are dropped and counted,
           never fuzzily repaired.
-Use:      rubrics with a rule checker get code-made minimal edits (build_discriminator.py); these are for
+Use:      rubrics with a rule checker get code-made minimal edits (relevance/build.py); these are for
           rubrics only an LLM judge can read ("the tone is formal").
 
 Demo:     see tests/test_llm_labels.py (a fake generate_fn drives every branch)
@@ -56,7 +56,8 @@ def span_example(tokenizer, description: str, response: str, spans: list, add_eo
                              "(need [start, end) with 0 <= start < end <= len)")
     labels = spans_to_token_labels(offsets, [tuple(s) for s in spans])
     if add_eos and tokenizer.eos_token_id is not None:
-        ids, labels = ids + [tokenizer.eos_token_id], labels + [0.0]
+        ids = ids + [tokenizer.eos_token_id]
+        labels = labels + [0.0]
     return make_example(description, ids, labels, **info)
 
 
@@ -105,7 +106,8 @@ def parse_greedy_answer(answer: str, response: str) -> tuple[list[tuple[int, int
     segments = parsed.get("segments")
     if not isinstance(segments, list) or not all(isinstance(s, str) and s for s in segments):
         return None, 0
-    spans, missing = [], 0
+    spans = []
+    missing = 0
     for quote in segments:
         start = response.find(quote)
         missing += start < 0
@@ -120,7 +122,8 @@ def greedy_labels(answers: list[str], responses: list[str], tokenizer) -> tuple[
     counts {"answers", "malformed", "quotes_not_found"}."""
     if len(answers) != len(responses):
         raise ValueError(f"{len(answers)} answers for {len(responses)} responses")
-    labels, stats = [], {"answers": len(answers), "malformed": 0, "quotes_not_found": 0}
+    labels = []
+    stats = {"answers": len(answers), "malformed": 0, "quotes_not_found": 0}
     for answer, response in zip(answers, responses):
         spans, missing = parse_greedy_answer(answer, response)
         stats["quotes_not_found"] += missing

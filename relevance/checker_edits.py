@@ -1,9 +1,10 @@
 """
-checker_edits.py — the paper's minimal modifications, found by code: for a response and a rubric with a rule checker,
-a smallest edit of the response's tokens that flips the checker's verdict, and the token-diff labels of both sides.
+relevance/checker_edits.py — the paper's minimal modifications, found by code: for a response and a rubric with a
+rule checker, a smallest edit of the response's tokens that flips the checker's verdict, and the token-diff labels of
+both sides.
 
-Paper:    RTT appendix (discriminator training data): a positive response, a minimal modification that violates
-          exactly one rubric, the tokens that differ labelled relevant; RTT_SPEC.md §4. There an LLM writes the
+Paper:    paper appendix (discriminator training data): a positive response, a minimal modification that violates
+          exactly one rubric, the tokens that differ labelled relevant; METHOD.md §4. There an LLM writes the
           edit; where a rubric has a checker (IFEval's, Rubric World's) a bounded search can find one instead, and
           the checker itself confirms that the verdict flipped.
 Input:    a response as token ids (its end-of-sequence token, if any, left untouched), a verdict function
@@ -16,10 +17,11 @@ Search, small edits first, leftmost first, at most `max_calls` checker calls per
   4. delete a span of 2, then 3 tokens;     5. put a candidate in place of a token, or before it.
 A verdict a small edit cannot flip ("at least 300 words", a paragraph count, the response's language) exhausts the
 budget: such a rubric is about the whole response, and its response is labelled 1 everywhere (counted apart).
-A put has no place the response marks (trap 2 of RTT_SPEC §4): the edited side's label is identifiable (the word put
-in), the original side's is not.
+A put has no place the response marks (trap 2 of METHOD.md §4): the edited side's label is identifiable (the word
+put in), the original side's is not.
 """
 
+from collections import defaultdict
 from typing import Callable, Iterator
 
 from discriminator import make_example, token_diff_labels
@@ -35,7 +37,8 @@ def candidate_edits(ids: list[int], puts: list[list[int]], tail: int = 1) -> Ite
     >>> [e for _, e in candidate_edits([5, 6, 5, 2], [[9]])][:7]   # one out, both 5s out, 9 at the ends, 2 out
     [[6, 5, 2], [5, 5, 2], [5, 6, 2], [6, 2], [9, 5, 6, 5, 2], [5, 6, 5, 9, 2], [5, 2]]
     """
-    body, eos = ids[:len(ids) - tail], ids[len(ids) - tail:]
+    body = ids[:len(ids) - tail]
+    eos = ids[len(ids) - tail:]
     for t in range(len(body)):                                                    # 1. one token out
         yield "delete", body[:t] + body[t + 1:] + eos
     for token in dict.fromkeys(body):                                             # 2. every copy of one token out
@@ -59,7 +62,8 @@ def minimal_edit(ids: list[int], verdict: Callable[[list[int]], bool], puts: lis
     """The first candidate edit (smallest first) whose verdict differs from the response's: (edited ids, kind
     "delete" | "put", checker calls spent); (None, "none", calls) when none does within max_calls. A checker that
     raises propagates (the caller counts it)."""
-    original, calls = verdict(ids), 1
+    original = verdict(ids)
+    calls = 1
     for kind, edited in candidate_edits(ids, puts, tail):
         if calls >= max_calls:
             break
@@ -83,3 +87,52 @@ def label_pair(ids: list[int], edited: list[int] | None, kind: str, rubric: dict
     return [make_example(rubric["description"], side_ids, labels, violated=not meets, scope="tokens", edited=is_edit,
                          side="positive" if meets else "negative", identifiable=holds_edit, **common)
             for (side_ids, labels, meets, holds_edit), is_edit in zip(sides, (False, True))]
+
+
+PUT_TEXTS = (",", ".", "!", "*", "#", "\n", '"', " The", " the")       # tokens any rubric's edit may put in
+
+
+def put_candidates(tokenizer, rubric: dict) -> list[list[int]]:
+    """Token sequences an edit may put into a response: the rubric's own words (keywords, forbidden words, an end
+    phrase, a letter, ...) each with a leading space, then PUT_TEXTS (punctuation, a capitalised and a plain word)."""
+    args = rubric.get("args", {})
+    words = [v for v in args.values() if isinstance(v, str)] + [
+        w for v in args.values() if isinstance(v, list) for w in v if isinstance(w, str)]
+    texts = [" " + w.strip() for w in words if w.strip()] + list(PUT_TEXTS)
+    return [ids for ids in dict.fromkeys(tuple(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+            if ids]
+
+
+def checker_examples(prompts: list[dict], responses: list[list[list[int]]], tokenizer, checkers: dict,
+                     max_calls: int = MAX_CALLS) -> tuple[list[dict], dict]:
+    """Minimal pairs of a policy's responses, labelled by checker search: (examples, {rubric type: counts}).
+
+    responses[b][g]: token ids of a response to prompts[b], its end-of-sequence token last when it has one.
+    Counts per type: pairs, token_labels (an edit flipped the verdict), whole (no edit within max_calls did),
+    crashed (the checker raised: the pair is skipped), no_checker, empty (an empty response is skipped), calls."""
+    examples = []
+    stats = defaultdict(lambda: defaultdict(int))
+    for prompt, group in zip(prompts, responses):
+        for ids in group:
+            tail = int(bool(ids) and ids[-1] == tokenizer.eos_token_id)
+            text_of = lambda e: tokenizer.decode(e[:len(e) - tail], skip_special_tokens=True)  # noqa: E731
+            for rubric in prompt["rubrics"]:
+                count = stats[rubric["type"]]
+                checker = checkers.get(rubric["type"])
+                count["pairs"] += 1
+                if checker is None or not text_of(ids).strip():
+                    count["no_checker" if checker is None else "empty"] += 1
+                    continue
+                verdict = lambda e, c=checker, r=rubric: bool(c(text_of(e), **r.get("args", {})))  # noqa: E731
+                try:
+                    passes = verdict(ids)
+                    edited, kind, calls = minimal_edit(ids, verdict,
+                                                       [list(p) for p in put_candidates(tokenizer, rubric)],
+                                                       max_calls, tail)
+                except Exception:                                # a crashed checker: counted, the pair skipped
+                    count["crashed"] += 1
+                    continue
+                count["calls"] += calls
+                count["token_labels" if edited is not None else "whole"] += 1
+                examples += label_pair(ids, edited, kind, rubric, passes, prompt_id=prompt["id"])
+    return examples, {t: dict(c) for t, c in sorted(stats.items())}

@@ -1,0 +1,301 @@
+"""
+relevance/build.py — build a relevance discriminator once, cache it, and measure it: the toy one for Rubric World, or
+one for a real policy and a rubric dataset. Using it is discriminator.relevance; this file only makes it.
+
+Paper:    the Token-Level Relevance Discriminator and its training data (paper appendix: minimal pairs); METHOD.md §4.
+Toy:      trained on Rubric World's minimal pairs (relevance/rubric_world_labels.py: both sides of every pair,
+          labels from the token diff), cached in cache/toy/discriminator, rebuilt only when its settings,
+          instruction, tokenizer or data change.
+Real:     the policy's own responses to the dataset's TRAINING prompts, sampled with the RL decoding; minimal edits
+          found by checker search (relevance/checker_edits.py), both sides labelled; a small bidirectional encoder
+          over the policy's vocabulary; cached in cache/discriminators/<policy>-<data>, keyed by a checksum of the
+          policy, the prompts, the recipe and the instruction; saved with its held-out report (relevance/report.py).
+Identifiable labels.  Some diff labels cannot be recovered from one response (METHOD.md §4: the filler that replaced
+          a required word is a random word); they are reported apart as "not_identifiable".
+
+Deviations (numbered as in METHOD.md §9):
+  5. A tiny encoder trained on programmatic minimal pairs stands in for a fine-tuned LLM (discriminator.py).
+
+Run:      python -m relevance.build --json results/discriminator.json --heatmap results/heatmap.png
+          python -m relevance.build --policy smollm2 --data ifeval --json report.json --heatmap heatmap.png
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import time
+
+import torch
+from tqdm import tqdm
+from transformers import AutoTokenizer
+
+from discriminator import (INSTRUCTION, META_FILE, build_toy_discriminator, check_same_tokenizer,
+                           load_discriminator, save_discriminator, train_discriminator, vocab_fingerprint)
+from policies.loading import load_policy
+from policies.rollout import encode_prompts, generate
+from relevance.checker_edits import MAX_CALLS, checker_examples
+from relevance.report import (heatmap_html, heatmap_terminal, held_out_report, real_heatmap_example,
+                              rubric_world_report, save_heatmap_png, summary_table)
+from relevance.rubric_world_labels import heatmap_example, rubric_world_examples
+from runs.files import cache_path, read_jsonl, write_json, write_jsonl, write_text
+from tasks import registry, rubric_world
+
+# DEVIATION(5): a tiny encoder trained on programmatic minimal pairs stands in for a fine-tuned LLM.
+# Matching a rubric's word to the same word in the response (include, exclude, order) needs the long run: on
+# identifiable test labels F1 0.75 after 1000 steps at lr 3e-3, 0.92 with these settings (lr 2e-3 was faster on
+# one thread and much worse on two: 0.94 vs 0.79). A 256-wide feed-forward layer reached 0.98 but made
+# relevance inference 1.3x slower (README, Speed).
+TOY_SETTINGS = dict(backbone="bidirectional", hidden=64, layers=2, heads=4, intermediate=128, steps=3000,
+                    batch_size=64, lr=1e-3, seed=0, data_seed=0)
+
+
+def default_cache_dir() -> str:
+    """cache/toy/discriminator under the repository root, or $RTT_CACHE/toy/discriminator when RTT_CACHE is set."""
+    return cache_path("toy", "discriminator")
+
+
+def data_fingerprint(examples: list[dict]) -> str:
+    """A short hash of examples' inputs and labels: a cached model trained on other data is not reused."""
+    rows = [(e["description"], e["response_ids"], e["labels"]) for e in examples]
+    return hashlib.sha1(json.dumps(rows).encode()).hexdigest()[:16]
+
+
+def load_or_train_toy_discriminator(device: str = "cpu", cache_dir: str | None = None, rebuild: bool = False,
+                                    settings: dict | None = None):
+    """The toy discriminator (DEVIATION(5)) and the policy's tokenizer (rubric_world.build_tokenizer()).
+
+    Loaded from `cache_dir` (default_cache_dir()) when it was trained with the same settings, instruction,
+    tokenizer and data; otherwise trained on the minimal pairs of Rubric World's train split and saved there.
+    `settings` overrides TOY_SETTINGS entries (e.g. {"steps": 20} in tests).
+    """
+    unknown = sorted(set(settings or {}) - set(TOY_SETTINGS))
+    if unknown:
+        raise ValueError(f"unknown discriminator settings {unknown}; known: {sorted(TOY_SETTINGS)}")
+    wanted = {**TOY_SETTINGS, **(settings or {})}
+    cache_dir = cache_dir or default_cache_dir()
+    tokenizer = rubric_world.build_tokenizer()
+    prompts = rubric_world.make_splits(seed=wanted["data_seed"])["train"]
+    fingerprint = data_fingerprint(rubric_world_examples(prompts[:20], tokenizer, seed=wanted["seed"]))
+    meta_path = os.path.join(cache_dir, META_FILE)
+    if not rebuild and os.path.exists(meta_path):
+        with open(meta_path) as f:
+            meta = json.load(f)
+        same = (meta.get("settings") == wanted and meta.get("instruction") == INSTRUCTION
+                and meta.get("data") == fingerprint)
+        if same and vocab_fingerprint(AutoTokenizer.from_pretrained(cache_dir)) == vocab_fingerprint(tokenizer):
+            return load_discriminator(cache_dir, tokenizer, device)
+    examples = rubric_world_examples(prompts, tokenizer, seed=wanted["seed"])
+    model = build_toy_discriminator(tokenizer, backbone=wanted["backbone"], hidden=wanted["hidden"],
+                                    layers=wanted["layers"], heads=wanted["heads"],
+                                    intermediate=wanted["intermediate"], seed=wanted["seed"])
+    start = time.time()
+    with tqdm(total=wanted["steps"], desc="discriminator", mininterval=2.0) as bar:
+        losses = train_discriminator(model, tokenizer, examples, steps=wanted["steps"],
+                                     batch_size=wanted["batch_size"], lr=wanted["lr"], seed=wanted["seed"],
+                                     progress=lambda step, loss: bar.update(1))
+    wall = time.time() - start
+    final_loss = sum(losses[-50:]) / len(losses[-50:])
+    save_discriminator(model, tokenizer, cache_dir, {"settings": wanted, "data": fingerprint, "examples": len(examples),
+                                                     "final_loss": final_loss, "wall_s": wall,
+                                                     "threads": torch.get_num_threads()})
+    print(f"toy discriminator: {wanted['backbone']}, {wanted['steps']} steps on {len(examples)} minimal-pair "
+          f"examples, final loss {final_loss:.3f}, {wall:.0f} s, {torch.get_num_threads()} threads -> {cache_dir}")
+    return model.to(device).eval(), tokenizer
+
+
+# ----------------------------------------------------------------------------- a discriminator for a real policy
+# The recipe for a real policy and a dataset whose rubrics have checkers (IFEval): the policy's own responses to the
+# TRAINING prompts, sampled with the RL decoding; minimal edits found by checker search (relevance/checker_edits.py),
+# both sides labelled; a small bidirectional encoder over the policy's vocabulary whose word embeddings start from a
+# PCA of the policy's input embeddings ("policy_pca"; "random" is the alternative measured in RESULTS.md).
+REAL_RECIPE = dict(samples=2, max_new_tokens=128, temperature=0.99, top_p=0.99, top_k=100, max_calls=MAX_CALLS,
+                   backbone="bidirectional", hidden=128, layers=2, heads=4, intermediate=256, init="policy_pca",
+                   steps=2000, batch_size=32, lr=1e-3, seed=0)
+
+
+def policy_responses(model, tokenizer, prompts: list[dict], recipe: dict, seed: int) -> list[list[list[int]]]:
+    """recipe["samples"] responses per prompt with the RL decoding, as token-id lists (EOS included when emitted)."""
+    response_ids, token_mask = generate(
+        model, tokenizer, encode_prompts(tokenizer, prompts), recipe["samples"], recipe["max_new_tokens"], 16384,
+        temperature=recipe["temperature"], top_p=recipe["top_p"], top_k=recipe["top_k"], progress="policy samples",
+        generator=torch.Generator().manual_seed(seed))                             # (B, G, T)
+    return [[ids[mask].tolist() for ids, mask in zip(row_ids, row_mask)] for row_ids, row_mask in
+            zip(response_ids, token_mask)]
+
+
+def encoder_for(policy_model, tokenizer, recipe: dict):
+    """The recipe's token classifier over the policy's vocabulary; "policy_pca": word embeddings start from the
+    top principal directions of the policy's own input embeddings (token similarity the policy already learnt)."""
+    model = build_toy_discriminator(tokenizer, recipe["backbone"], recipe["hidden"], recipe["layers"], recipe["heads"],
+                                    recipe["intermediate"], max_len=1024, seed=recipe["seed"])
+    if recipe["init"] == "policy_pca":
+        weights = policy_model.get_input_embeddings().weight.detach().float()[:len(tokenizer)]   # (V, H_policy)
+        centred = weights - weights.mean(dim=0)
+        _, _, directions = torch.pca_lowrank(centred, q=recipe["hidden"], center=False, niter=4)  # (H_policy, h)
+        projected = centred @ directions                                          # (V, h)
+        with torch.no_grad():
+            model.get_input_embeddings().weight.copy_(projected / projected.std() * 0.02)
+    return model
+
+
+def fingerprint(*parts) -> str:
+    """A short hash of JSON-able parts: what a cached discriminator was built from."""
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def build_real_discriminator(policy: str, data: str, out_dir: str = "", recipe: dict | None = None,
+                             device: str = "cpu", rebuild: bool = False):
+    """(model, tokenizer, meta) of the discriminator for `policy` on `data`'s training prompts: loaded from `out_dir`
+    (default cache/discriminators/<policy>-<data>) when it was built from the same policy, data and recipe,
+    otherwise built there: sampled, labelled by checker search, trained, saved with the held-out report."""
+    recipe = {**REAL_RECIPE, **(recipe or {})}
+    model, tokenizer = load_policy(policy, device, "float32")
+    splits = registry.load_splits(data)
+    checkers = registry.data_checkers(data)
+    key = fingerprint(policy_fingerprint(model, tokenizer), [(p["id"], p["rubrics"]) for p in splits["train"]],
+                      recipe, INSTRUCTION)
+    out_dir = out_dir or real_cache_dir(policy, data)
+    meta_path = os.path.join(out_dir, META_FILE)
+    if not rebuild and os.path.exists(meta_path):
+        with open(meta_path) as f:
+            meta = json.load(f)
+        if meta.get("key") == key:
+            disc, disc_tokenizer = load_discriminator(out_dir, tokenizer, device)
+            return disc, disc_tokenizer, meta
+    timings = {}
+    tic = time.time()
+    train_responses = policy_responses(model, tokenizer, splits["train"], recipe, recipe["seed"])
+    held_out = splits["val"] + splits["test"]
+    held_out_responses = policy_responses(model, tokenizer, held_out, recipe, recipe["seed"] + 1)
+    timings["sample_s"] = time.time() - tic
+    tic = time.time()
+    examples, coverage = checker_examples(splits["train"], train_responses, tokenizer, checkers, recipe["max_calls"])
+    held_out_examples, held_out_coverage = checker_examples(held_out, held_out_responses, tokenizer, checkers,
+                                                            recipe["max_calls"])
+    timings["label_s"] = time.time() - tic
+    tic = time.time()
+    if not examples:
+        raise ValueError(f"no rubric of {data!r} has a rule checker, so no minimal edit can be found by code: "
+                         "label its responses with an LLM (relevance/llm_labels.py), train a discriminator and pass "
+                         "--discriminator DIR")
+    disc = encoder_for(model, tokenizer, recipe)
+    with tqdm(total=recipe["steps"], desc="discriminator", mininterval=2.0) as bar:
+        losses = train_discriminator(disc, tokenizer, examples, recipe["steps"], recipe["batch_size"], recipe["lr"],
+                                     seed=recipe["seed"], progress=lambda step, loss: bar.update(1))
+    timings["train_s"] = time.time() - tic
+    report = held_out_report(disc, tokenizer, held_out_examples)
+    meta = {"key": key, "policy": policy, "data": data, "recipe": recipe, "examples": len(examples),
+            "held_out_examples": len(held_out_examples), "coverage": coverage, "held_out_coverage": held_out_coverage,
+            "final_loss": sum(losses[-50:]) / len(losses[-50:]), "threads": torch.get_num_threads(),
+            **{k: round(v, 1) for k, v in timings.items()}, "report": report}
+    save_discriminator(disc, tokenizer, out_dir, meta)
+    write_jsonl(os.path.join(out_dir, "examples.jsonl"), examples)                # for inspection, and for
+    write_jsonl(os.path.join(out_dir, "held_out_examples.jsonl"), held_out_examples)  # experiments/ to reuse
+    print(f"discriminator for {policy} on {data}: {len(examples)} examples, sampled in {timings['sample_s']:.0f} s, "
+          f"labelled in {timings['label_s']:.0f} s, trained in {timings['train_s']:.0f} s -> {out_dir}")
+    return disc.eval(), tokenizer, meta
+
+
+def real_cache_dir(policy: str, data: str) -> str:
+    """cache/discriminators/<policy>-<data> (under $RTT_CACHE when set)."""
+    return cache_path("discriminators", f"{os.path.basename(policy.rstrip('/'))}-{os.path.basename(data)}")
+
+
+def policy_fingerprint(model, tokenizer) -> str:
+    """What identifies a policy for a cached discriminator: its vocabulary, config and a checksum of its weights."""
+    checksum = sum(float(p.detach().double().sum()) for p in model.parameters())
+    return fingerprint(vocab_fingerprint(tokenizer), model.config.to_dict(), round(checksum, 6))
+
+
+def discriminator_for(policy: str, data: str, policy_tokenizer, device: str = "cpu", saved_dir: str = ""):
+    """(model, tokenizer) of the discriminator a run reads relevance from, built once and cached: the toy one for
+    the toy policy, the one saved in `saved_dir`, or the one built for this policy and data (on first use). It must
+    read the policy's token ids (the same tokenizer), and one built for another dataset is refused."""
+    if policy == "toy":
+        model, tokenizer = load_or_train_toy_discriminator(device=device)
+    elif saved_dir:
+        model, tokenizer = load_discriminator(saved_dir, policy_tokenizer, device)
+        built_for = read_meta(saved_dir).get("data")
+        if built_for is not None and built_for != data:
+            raise ValueError(f"the discriminator in {saved_dir} was built for --data {built_for}, not {data}")
+    else:
+        model, tokenizer, _ = build_real_discriminator(policy, data, device=device)
+    check_same_tokenizer(tokenizer, policy_tokenizer)
+    return model, tokenizer
+
+
+def read_meta(path: str) -> dict:
+    """META_FILE of a saved discriminator ({} when it has none: any token classifier may be used)."""
+    meta_path = os.path.join(path, META_FILE)
+    if not os.path.exists(meta_path):
+        return {}
+    with open(meta_path) as f:
+        return json.load(f)
+
+
+# ----------------------------------------------------------------------------- command line
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Build (or load) a relevance discriminator and measure it.")
+    parser.add_argument("--policy", default="toy", help="toy | smollm2 | a save_pretrained dir or hub id")
+    parser.add_argument("--data", default="rubric_world", help="rubric_world | ifeval | a rubric JSONL")
+    parser.add_argument("--out", default="", help="where a real policy's discriminator goes (default: cache/)")
+    parser.add_argument("--json", help="write every metric to this JSON file")
+    parser.add_argument("--heatmap", help="save a per-rubric heat map of one held-out response (PNG, plus .html)")
+    parser.add_argument("--rebuild", action="store_true", help="retrain even if a cached model exists")
+    parser.add_argument("--compare-backbones", action="store_true",
+                        help="toy: also train the other backbone (causal vs bidirectional), compare per rubric type")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    if args.policy != "toy":
+        try:
+            model, tokenizer, meta = build_real_discriminator(args.policy, args.data, args.out, device=args.device,
+                                                              rebuild=args.rebuild)
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"cannot build the discriminator: {error}") from error
+        print("\nheld-out responses (F1 at 0.5 / AUROC / top-1 token of a violated rubric is relevant)\n"
+              + summary_table(meta["report"]))
+        print("\nlabel coverage: " + ", ".join(f"{t} {c.get('token_labels', 0)}/{c['pairs']}"
+                                               for t, c in meta["coverage"].items()))
+        held_out = registry.load_splits(args.data)
+        prompts = {p["id"]: p for p in held_out["val"] + held_out["test"]}
+        saved = args.out or real_cache_dir(args.policy, args.data)
+        example = real_heatmap_example(model, tokenizer, read_jsonl(os.path.join(saved, "held_out_examples.jsonl")),
+                                       prompts)
+        report = meta
+    else:
+        model, tokenizer = load_or_train_toy_discriminator(device=args.device, rebuild=args.rebuild)
+        report = {"settings": TOY_SETTINGS, "instruction": INSTRUCTION, **rubric_world_report(model, tokenizer)}
+        for split in ("test", "test_unseen_combos"):
+            print(f"\n{split}  (F1 at 0.5 / AUROC / top-1 token of a violated rubric is relevant)\n"
+                  + summary_table(report[split]))
+        if args.compare_backbones:
+            report["backbones"] = compare_backbones(report, tokenizer, args)
+        example = heatmap_example(model, tokenizer)
+    print("\n" + example["prompt"] + "\n" + heatmap_terminal(example))
+    if args.json:
+        write_json(args.json, report)
+        print(f"metrics -> {args.json}")
+    if args.heatmap:
+        save_heatmap_png(example, args.heatmap)
+        write_text(os.path.splitext(args.heatmap)[0] + ".html", heatmap_html(example))
+        print(f"heat map -> {args.heatmap} and {os.path.splitext(args.heatmap)[0]}.html")
+
+
+def compare_backbones(report: dict, tokenizer, args) -> dict:
+    """The toy discriminator's backbone beside the other one (causal vs bidirectional), per group."""
+    other = "causal" if TOY_SETTINGS["backbone"] == "bidirectional" else "bidirectional"
+    other_model, _ = load_or_train_toy_discriminator(args.device, default_cache_dir() + f"_{other}", args.rebuild,
+                                                     {"backbone": other})
+    backbones = {TOY_SETTINGS["backbone"]: {s: {g: m["discriminator"] for g, m in report[s].items()
+                                                if g != "greedy_parsing"} for s in ("test", "test_unseen_combos")},
+                 other: {s: {g: m["discriminator"] for g, m in r.items()} for s, r in
+                         rubric_world_report(other_model, tokenizer, baselines=False).items()}}
+    for split in ("test", "test_unseen_combos"):
+        print(f"\n{split}: {other} backbone\n" + summary_table(
+            {g: {"discriminator": m} for g, m in backbones[other][split].items()}))
+    return backbones
+
+
+if __name__ == "__main__":
+    main()
