@@ -1,7 +1,7 @@
 """
 discriminator.py — Token-Level Relevance Discriminator: which response tokens matter for which rubric.
 
-Paper:    RTT §3 (Token-Level Relevance Discriminator) and its appendix on training data; RTT_SPEC.md §4.
+Paper:    paper §3 (Token-Level Relevance Discriminator) and its appendix on training data; METHOD.md §4.
 Input:    prompts (B dicts with "rubrics"), response token ids (B, G, T) and token_mask (B, G, T)
 Output:   relevance w[b,g,k,t] (B, G, K, T) float32 in [0, 1], 0 on padded tokens and padded rubrics
 
@@ -18,7 +18,7 @@ Labels:   the paper's minimal pairs: a response that meets a rubric, a minimal e
 Metrics:  token precision / recall / F1 at 0.5, AUROC, and how often the top-scored token of a VIOLATED
           rubric is relevant (the token RTT would penalise most).
 
-Deviations (numbered as in the README's list, tagged `# DEVIATION(n)` in the code):
+Deviations (numbered as in METHOD.md §9, tagged `# DEVIATION(n)` in the code):
   2. Relevance stays float32 (the authors' code writes it into an integer buffer, truncating soft weights to 0).
   5. build_toy_discriminator makes a tiny model from a config (2-layer bidirectional encoder), trained in minutes.
   7. The discriminator reads the end-of-sequence token (the authors' stops before it); train.py sets w = 0 there.
@@ -90,7 +90,8 @@ def save_discriminator(model, tokenizer, path: str, meta: dict | None = None) ->
     """save_pretrained (weights + config + tokenizer) and META_FILE into a temporary folder, then rename it
     into place, so a crash mid-save never leaves a half-written checkpoint at `path`."""
     path = os.path.abspath(path)
-    tmp, old = f"{path}.tmp{os.getpid()}", f"{path}.old{os.getpid()}"
+    tmp = f"{path}.tmp{os.getpid()}"
+    old = f"{path}.old{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
@@ -116,7 +117,7 @@ def load_discriminator(path: str, policy_tokenizer=None, device: str = "cpu"):
 
 # ============================================================================ inputs
 def prefix_ids(tokenizer, description: str) -> list[int]:
-    """Token ids of the fixed instruction with the rubric filled in (RTT_SPEC §4), after a BOS/CLS if any."""
+    """Token ids of the fixed instruction with the rubric filled in (METHOD.md §4), after a BOS/CLS if any."""
     if not isinstance(description, str) or not description.strip():
         raise ValueError(f"empty rubric description {description!r}: the discriminator reads the criterion text")
     ids = tokenizer(INSTRUCTION.format(rubric=description), add_special_tokens=False)["input_ids"]
@@ -196,7 +197,8 @@ def pair_probabilities(model, tokenizer, descriptions: list[str], responses: lis
     totals = [len(prefixes[d]) + len(r) for d, r in zip(descriptions, responses)]
     order = sorted(range(len(responses)), key=lambda i: -totals[i])              # longest first: it sets L
     out: list[torch.Tensor] = [torch.zeros(0)] * len(responses)
-    was_training, start = model.training, 0
+    was_training = model.training
+    start = 0
     model.eval()
     while start < len(order):
         chunk = order[start:start + max(1, max_tokens_per_batch // totals[order[start]])]
@@ -224,7 +226,8 @@ def relevance(model, tokenizer, prompts: list[dict], response_ids: torch.Tensor,
     lengths = _check_responses(prompts, response_ids, token_mask)                 # (B, G)
     b_size, g_size, t_size = response_ids.shape
     weights = torch.zeros(b_size, g_size, _rubric_mask(prompts).shape[1], t_size)  # (B, G, K, T)  float32, DEVIATION(2)
-    ids, index, descriptions, responses = response_ids.cpu(), [], [], []
+    ids = response_ids.cpu()
+    index, descriptions, responses = [], [], []
     for b, prompt in enumerate(prompts):
         for g in range(g_size):
             response = ids[b, g, :int(lengths[b, g])].tolist()
@@ -242,7 +245,7 @@ def relevance(model, tokenizer, prompts: list[dict], response_ids: torch.Tensor,
 
 def uniform_relevance(prompts: list[dict], response_ids: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
     """Ablation: every valid token is fully relevant to every rubric (w = 1). Under INTRA-sample normalisation
-    a constant row contributes 0, so RTT with this provider is exactly GRPO (RTT_SPEC §5); not under inter-sample.
+    a constant row contributes 0, so RTT with this provider is exactly GRPO (METHOD.md §5); not under inter-sample.
     Shapes:  prompts (B), response_ids / token_mask (B, G, T)  ->  (B, G, K, T) float32"""
     _check_responses(prompts, response_ids, token_mask)
     rubric_mask = _rubric_mask(prompts).to(token_mask.device)                     # (B, K)
@@ -288,7 +291,8 @@ def token_diff_labels(a_ids: list, b_ids: list) -> tuple[list[int], list[int]]:
     >>> token_diff_labels([5, 6, 7, 2], [5, 7, 6, 2])          # swap of neighbours: both words
     ([0, 1, 1, 0], [0, 1, 1, 0])
     """
-    labels_a, labels_b = [0] * len(a_ids), [0] * len(b_ids)
+    labels_a = [0] * len(a_ids)
+    labels_b = [0] * len(b_ids)
     matcher = difflib.SequenceMatcher(None, list(a_ids), list(b_ids), autojunk=False)
     for op, i1, i2, j1, j2 in matcher.get_opcodes():
         for labels, start, stop in (() if op == "equal" else ((labels_a, i1, i2), (labels_b, j1, j2))):
@@ -332,7 +336,8 @@ def train_discriminator(model, tokenizer, examples: list[dict], steps: int = 100
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * (
         0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0)))))
     model.train()
-    losses, prefixes = [], {}
+    losses = []
+    prefixes = {}
     for step in range(steps):
         batch = [examples[i] for i in torch.randint(len(examples), (batch_size,), generator=generator).tolist()]
         input_ids, attention_mask, starts, lengths = encode_pairs(
@@ -360,8 +365,10 @@ def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     >>> auroc(torch.tensor([0.1, 0.4, 0.4, 0.9]), torch.tensor([0, 0, 1, 1]))
     0.875
     """
-    scores, labels = scores.flatten().double(), labels.flatten().bool()
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    scores = scores.flatten().double()
+    labels = labels.flatten().bool()
+    n_pos = int(labels.sum())
+    n_neg = int((~labels).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
     sorted_scores, order = torch.sort(scores)
@@ -382,7 +389,8 @@ def token_metrics(probs: list[torch.Tensor], labels: list[list[float]], violated
     truth = torch.cat([torch.tensor(y) for y in labels]) > 0.5
     predicted = scores >= threshold
     tp = int((predicted & truth).sum())
-    precision, recall = tp / max(int(predicted.sum()), 1), tp / max(int(truth.sum()), 1)
+    precision = tp / max(int(predicted.sum()), 1)
+    recall = tp / max(int(truth.sum()), 1)
     hits = [float(y[int(torch.argmax(p))]) > 0.5 for p, y, v in zip(probs, labels, violated) if v and max(y) > 0.5]
     return {"examples": len(probs), "tokens": int(truth.numel()), "relevant_share": float(truth.float().mean()),
             "precision": precision, "recall": recall,
@@ -398,7 +406,7 @@ def predict_examples(model, tokenizer, examples: list[dict], max_tokens_per_batc
 
 if __name__ == "__main__":
     # Self-contained demo: "Include '<word>'." for 3 words, random 6-word responses; the relevant token is the word
-    # (the satisfying side of a minimal pair; its other side, a random filler, is not identifiable: RTT_SPEC §4).
+    # (the satisfying side of a minimal pair; its other side, a random filler, is not identifiable: METHOD.md §4).
     import random
     import tempfile
 
@@ -409,7 +417,8 @@ if __name__ == "__main__":
         with open(os.path.join(folder, "vocab.txt"), "w") as f:
             f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "include", "'", "."] + words))
         tok = BertTokenizer(os.path.join(folder, "vocab.txt"), eos_token="[SEP]")
-    rng, examples = random.Random(0), []
+    rng = random.Random(0)
+    examples = []
     for word in [rng.choice(words[:3]) for _ in range(2000)]:
         response = [rng.choice([w for w in words if w != word]) for _ in range(6)]
         response[rng.randrange(6)] = word

@@ -1,13 +1,14 @@
 """
 eval.py — instruction-level and rubric-level accuracy of a policy (or of saved responses), with 95% intervals.
 
-Paper:    RTT §5 (IFEval / IFBench / MulDimIF); RTT_SPEC.md §7 (metrics) and §8 (report sampled as well as greedy
+Paper:    paper §5 (IFEval / IFBench / MulDimIF); METHOD.md §8 (metrics) and §10 (report sampled as well as greedy
           accuracy on held-out prompts, so methods can be told apart).
 Input:    a policy (the toy, smollm2, a directory, or a train.py checkpoint: evaluated on ITS data with ITS judge),
           or a JSONL of responses; prompt dicts with rubrics (tasks.py); a judge
           judge(prompts (B), responses (B x G strings)) -> (scores (B, G, K) in {+1, −1}, rubric_mask (B, K))
 Output:   a report per (judge, decoding): {"instruction_accuracy", "instruction_accuracy_ci95", "rubric_accuracy",
-          "rubric_accuracy_ci95", "per_type", "mean_words", "n_responses", "checker_errors"}; --json writes them, --items one
+          "rubric_accuracy_ci95", "per_type", "mean_words", "n_responses", "checker_errors"}; --json writes them,
+          --items one
           JSONL row per prompt with every response and its per-rubric verdicts
 
 Metrics.  instruction-level accuracy = share of responses that pass EVERY rubric of their prompt (IFEval calls
@@ -71,7 +72,8 @@ def ratio_ci95(passed: torch.Tensor, total: torch.Tensor) -> tuple[float, list[f
     """
     if passed.dim() != 1 or passed.shape != total.shape or bool((total <= 0).any()):
         raise ValueError(f"need passed (B,) and total (B,) > 0, got {tuple(passed.shape)} and {tuple(total.shape)}")
-    passed, total = passed.double(), total.double()
+    passed = passed.double()
+    total = total.double()
     ratio = float(passed.sum() / total.sum())                                    # r
     n_prompts = passed.shape[0]
     if n_prompts < 2:
@@ -104,7 +106,8 @@ def accuracy_report(prompts: list[dict], responses: list[list[str]], judge) -> d
     checker calls that raised (scored NO) per rubric type."""
     errors_before = len(getattr(judge, "errors", []))
     passed = verdicts(prompts, responses, judge)
-    type_passed, type_total = defaultdict(int), defaultdict(int)
+    type_passed = defaultdict(int)
+    type_total = defaultdict(int)
     for prompt, table in zip(prompts, passed):
         for k, rubric in enumerate(prompt["rubrics"]):
             type_passed[rubric["type"]] += int(table[:, k].sum())
@@ -135,7 +138,8 @@ def generate_texts(model, tokenizer, prompts: list[dict], n_samples: int, max_ne
     was_training = model.training
     model.eval()
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    prompt_ids, texts = encode_prompts(tokenizer, prompts), {}
+    prompt_ids = encode_prompts(tokenizer, prompts)
+    texts = {}
     for mode, group_size in (("greedy", 1), ("sampled", n_samples)) if n_samples else (("greedy", 1),):
         response_ids, token_mask = generate(model, tokenizer, prompt_ids, group_size, max_new_tokens, max_batch_tokens,
                                             greedy=mode == "greedy", generator=generator,
@@ -151,7 +155,7 @@ def evaluate(model, tokenizer, prompts: list[dict], judge, n_samples: int = 4,
     """Greedy (1 response per prompt) and sampled (n_samples per prompt) accuracy of a policy on prompts.
 
     The top-level instruction_accuracy / rubric_accuracy are the SAMPLED numbers: greedy decoding of a
-    small policy saturates early and hides differences between training methods (RTT_SPEC §8).
+    small policy saturates early and hides differences between training methods (METHOD.md §10).
     """
     texts = generate_texts(model, tokenizer, prompts, n_samples, max_new_tokens, seed, max_batch_tokens, progress,
                            **sampling)
@@ -206,7 +210,8 @@ class EvalArgs:
     policy: str = arg("toy", "toy | smollm2 | a save_pretrained dir or hub id")
     checkpoint: str = arg("", "a train.py ckpt.pt: evaluated on its own data and judge")
     responses: str = arg("", "score this JSONL of {'id' or 'prompt', 'response'} rows")
-    data: str = arg("", "rubric_world | ifeval | ifbench | a rubric JSONL (default: the checkpoint's, else rubric_world)")
+    data: str = arg("", "rubric_world | ifeval | ifbench | a rubric JSONL (default: the checkpoint's, else "
+                        "rubric_world)")
     data_file: str = arg("", "a benchmark's prompts from this file, not the packaged copy (its own format)")
     split: str = arg("test", "test | val | train | test_unseen_combos (Rubric World) | all (a whole benchmark)")
     judge: str = arg("", f"{' | '.join(registry.JUDGES)} (default: the data's own)")

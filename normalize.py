@@ -1,7 +1,7 @@
 """
 normalize.py — turn rewards into advantages by normalising inside a group.
 
-Paper:    RTT §3 "Group Partitioning Problem"; RTT_SPEC.md §3 steps 6–7 and §5.
+Paper:    paper §3 "Group Partitioning Problem"; METHOD.md §3 steps 6–7 and §5.
 Input:    response rewards R (B, G); token rewards r = s·w (B, G, K, T) with token_mask (B, G, T)
           and rubric_mask (B, K)
 Output:   response advantage Â (B, G); token advantage Ã (B, G, T), 0 on padding
@@ -22,16 +22,16 @@ Numerics: statistics over valid tokens only, population std, eps added, so tied 
           The masked sums are einsums: "bgkt,bgt->bgk" reads "for every (b, g, k), sum over t of r·valid".
           Intra-sample uses these per-response sums as they are; inter-sample adds them up over g.
 
-Deviations (numbered as in the README's list, tagged `# DEVIATION(n)` in the code):
+Deviations (numbered as in METHOD.md §9, tagged `# DEVIATION(n)` in the code):
   1. The authors' code moves [G, K, T] to [K, G, T] with reshape instead of a transpose, mixing
-     responses (RTT_SPEC §6.1); we never reshape across G and K. tests/test_normalize.py proves that
+     responses (METHOD.md §7 defect 1); we never reshape across G and K. tests/test_normalize.py proves that
      changing response j leaves response i's intra-sample advantage unchanged.
   3. The "rubric_mean" variant normalises per prompt; the authors' version spans several prompts
-     (RTT_SPEC §6.3).
+     (METHOD.md §7 defect 3).
   4. eps is added to the std (GRPO and token level) so a tied group gives 0 instead of NaN.
 Not here: the authors' pipeline as it runs (the reshape, integer weights) is reproduced in released_code.py.
 
-Demo:     python normalize.py     (the length-bias example of RTT_SPEC §5, every intermediate printed)
+Demo:     python normalize.py     (the length-bias example of METHOD.md §5, every intermediate printed)
 """
 
 from typing import NamedTuple
@@ -86,6 +86,11 @@ def _check_token_inputs(token_rewards: torch.Tensor, token_mask: torch.Tensor, r
                          f"got {rubric_mask.dtype} {tuple(rubric_mask.shape)}")
     if rubric_scores is not None and rubric_scores.shape != (b, g, k):
         raise ValueError(f"rubric_scores must be (B, G, K) = {(b, g, k)}, got {tuple(rubric_scores.shape)}")
+    if rubric_scores is not None:                     # the rubric-level variants z-score s: 0/1 scores lose the sign
+        signed = (rubric_scores == 1) | (rubric_scores == -1)                     # (B, G, K)
+        if not bool((signed | ~rubric_mask[:, None, :]).all()):                   # padded rubrics are never read
+            raise ValueError("rubric_scores must be +1 (satisfied) or -1 (violated) on every valid rubric "
+                             "(0/1 scores would silently flip the rubric-level advantages)")
 
 
 def intra_sample_token_norm(token_rewards: torch.Tensor, token_mask: torch.Tensor, rubric_mask: torch.Tensor,
@@ -103,7 +108,8 @@ def intra_sample_token_norm(token_rewards: torch.Tensor, token_mask: torch.Tenso
 
     Example (one response, one rubric, relevance on the 2nd of 4 tokens, violated):
         >>> r = torch.tensor([[[[0., -1., 0., 0.]]]])
-        >>> intra_sample_token_norm(r, torch.ones(1, 1, 4, dtype=torch.bool), torch.ones(1, 1, dtype=torch.bool), eps=0.0)
+        >>> valid, one_rubric = torch.ones(1, 1, 4, dtype=torch.bool), torch.ones(1, 1, dtype=torch.bool)
+        >>> intra_sample_token_norm(r, valid, one_rubric, eps=0.0)
         tensor([[[ 0.5774, -1.7321,  0.5774,  0.5774]]])
     """
     _check_token_inputs(token_rewards, token_mask, rubric_mask)
@@ -114,8 +120,8 @@ def intra_sample_token_norm(token_rewards: torch.Tensor, token_mask: torch.Tenso
     dev -= (torch.einsum("bgkt,bgt->bgk", dev, valid) / n)[..., None]             # second pass: mean(r − μ) ≈ 0
     dev *= valid[:, :, None, :]                                                   # 0 on padding
     std = (torch.einsum("bgkt,bgkt->bgk", dev, dev) / n).sqrt()                   # (B, G, K)     σ, population
-    coef = rubric_weights(rubric_mask, dev.dtype)[:, None, :] / (std + eps)       # (B, G, K)     c_k / (σ_k + ε)  DEVIATION(4)
-    return torch.einsum("bgkt,bgk->bgt", dev, coef)                               # (B, G, T)     Σ_k c_k (r − μ_k) / (σ_k + ε)
+    coef = rubric_weights(rubric_mask, dev.dtype)[:, None, :] / (std + eps)  # (B, G, K)  c_k/(σ_k + ε)  DEVIATION(4)
+    return torch.einsum("bgkt,bgk->bgt", dev, coef)                          # (B, G, T)  Σ_k c_k (r − μ_k)/(σ_k + ε)
 
 
 def inter_sample_token_norm(token_rewards: torch.Tensor, token_mask: torch.Tensor, rubric_mask: torch.Tensor,
@@ -125,7 +131,7 @@ def inter_sample_token_norm(token_rewards: torch.Tensor, token_mask: torch.Tenso
     Ã[b,g,t] = mean_{k valid} (r[b,g,k,t] − μ[b,k]) / (σ[b,k] + ε)
         μ, σ: mean and population std of r[b,:,k,:] over every valid token of the prompt's G responses
 
-    Length bias (RTT_SPEC §5): every token of response g is shifted by the same group constant, so the
+    Length bias (METHOD.md §5): every token of response g is shifted by the same group constant, so the
     summed token advantage of a response grows linearly with its length.
 
     Shapes: as intra_sample_token_norm.
@@ -167,7 +173,8 @@ def rubric_mean_token_norm(token_rewards: torch.Tensor, token_mask: torch.Tensor
 
 
 def rubric_group_advantages(rubric_scores: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Â_k[b,g]: the GRPO advantage of each rubric's own verdict, z-scored over the G responses. (B, G, K) -> (B, G, K)"""
+    """Â_k[b,g]: the GRPO advantage of each rubric's own verdict, z-scored over the G responses.
+    Shapes: (B, G, K) -> (B, G, K)"""
     b_size, _, k_size = rubric_scores.shape
     per_rubric = group_advantages(rubric_scores.transpose(1, 2).flatten(0, 1), eps)  # (B·K, G)  DEVIATION(1): transpose
     return per_rubric.unflatten(0, (b_size, k_size)).transpose(1, 2)              # (B, G, K)
@@ -184,6 +191,7 @@ def rubric_softmax_token_norm(token_rewards: torch.Tensor, token_mask: torch.Ten
     relevance = token_rewards * rubric_scores[..., None]                          # (B, G, K, T)  w = r·s
     logits = relevance.masked_fill(~rubric_mask[:, None, :, None], float("-inf"))  # (B, G, K, T)
     share = torch.softmax(logits, dim=2)                                          # (B, G, K, T)  over rubrics
+    share = share.nan_to_num(0.0)                                 # a prompt with no real rubric: 0, not 0/0 = NaN
     spread = (share * rubric_group_advantages(rubric_scores, eps)[..., None]).sum(dim=2)  # (B, G, T)
     return spread * token_mask.to(token_rewards.dtype)                            # (B, G, T)
 
@@ -209,7 +217,8 @@ def token_advantages(how: str, token_rewards: torch.Tensor, token_mask: torch.Te
                      rubric_scores: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Dispatch to one of TOKEN_NORMS by name: "intra" (the paper), "inter" (the baseline), or an ablation."""
     if how in ("intra", "inter", "rubric_mean"):
-        norm = {"intra": intra_sample_token_norm, "inter": inter_sample_token_norm, "rubric_mean": rubric_mean_token_norm}
+        norm = {"intra": intra_sample_token_norm, "inter": inter_sample_token_norm,
+                "rubric_mean": rubric_mean_token_norm}
         return norm[how](token_rewards, token_mask, rubric_mask, eps)
     if how in ("rubric_softmax", "rubric_group"):
         norm = rubric_softmax_token_norm if how == "rubric_softmax" else rubric_group_token_norm
@@ -283,11 +292,12 @@ def _combine(resp_adv: torch.Tensor, tok_adv: torch.Tensor, lam: float, method: 
 
 
 if __name__ == "__main__":
-    # RTT_SPEC §5: two responses violate one rubric on the same 5 tokens; lengths 20 and 200.
+    # METHOD.md §5: two responses violate one rubric on the same 5 tokens; lengths 20 and 200.
     token_mask = (torch.arange(200) < torch.tensor([20, 200])[:, None])[None]    # (B=1, G=2, T=200)
     relevance = torch.zeros(1, 2, 1, 200)                                         # (B, G, K=1, T)
     relevance[..., :5] = 1.0                                                      # the 5 offending tokens
-    rubric_scores, rubric_mask = -torch.ones(1, 2, 1), torch.ones(1, 1, dtype=torch.bool)  # (B, G, K), (B, K)
+    rubric_scores = -torch.ones(1, 2, 1)                                           # (B, G, K)  both violate
+    rubric_mask = torch.ones(1, 1, dtype=torch.bool)                              # (B, K)
     print("lengths 20 and 200, both violate one rubric on their first 5 tokens (r = s·w):")
     for name in TOKEN_NORMS:
         adv = token_advantages(name, rubric_scores[..., None] * relevance, token_mask, rubric_mask, rubric_scores)

@@ -2,7 +2,7 @@
 released_code.py — the authors' released pipeline AS IT RUNS, reproduced on purpose so that it can be measured.
 
 Never a default: train.py reaches it only with `--norm released_code` (and refuses that name unless the other two
-behaviours below are asked for too). Everything else in this project avoids these three behaviours (RTT_SPEC §6).
+behaviours below are asked for too). Everything else in this project avoids these three behaviours (METHOD.md §7).
 
 What it reproduces, on the token rewards r = s·w (B, G, K, T) the training loop has built:
   1. The relevance weights land in an integer buffer (`zeros_like(input_ids)`): each w, a bf16 number there, is
@@ -10,8 +10,8 @@ What it reproduces, on the token rewards r = s·w (B, G, K, T) the training loop
   2. The end-of-sequence token is inside the token term, with w = 0 there (train.py: --eos_token_advantage True).
   3. The [G, K, T] token rewards are turned into [K, G, T] with `reshape` instead of a transpose before the
      per-rubric normalisation: its row (k, g) is the flat row i = k·G + g of [G·K], i.e. response i // K's
-     rubric i % K, normalised with response g's token mask. Each response's token advantage is built from other responses' rows; exact
-     only when K = 1 or G = 1 (tests/test_released_code.py pins what it does).
+     rubric i % K, normalised with response g's token mask. Each response's token advantage is built from other
+     responses' rows; exact only when K = 1 or G = 1 (tests/test_released_code.py pins what it does).
 Then the paper's intra-sample normalisation (normalize.intra_sample_token_norm) runs on the result.
 """
 

@@ -1,7 +1,7 @@
 """
 rewards.py — from rubric verdicts to response rewards and token rewards.
 
-Paper:    RTT §3 (rubric-based rewards); RTT_SPEC.md §3 steps 2, 3 and 5.
+Paper:    paper §3 (rubric-based rewards); METHOD.md §3 steps 2, 3 and 5.
 Input:    prompts with rubrics, responses as text; rubric scores s (B, G, K) in {+1, −1};
           relevance weights w (B, G, K, T) in [0, 1] from discriminator.py
 Output:   rubric scores + rubric mask (a judge), response rewards R (B, G), token rewards r = s·w (B, G, K, T)
@@ -15,7 +15,7 @@ Conventions:
   * s = +1 means the response satisfies the rubric, −1 that it does not; padded rubrics (prompts with
     fewer than K rubrics) carry s = 0 and rubric_mask = False.
   * An empty (or all-whitespace) response satisfies no rubric. An empty answer follows no instruction,
-    and rewarding it would make "say nothing" a fixed point of RL (RTT_SPEC §8).
+    and rewarding it would make "say nothing" a fixed point of RL (METHOD.md §10).
   * A checker that raises is a NO, and the reason is kept in judge.errors: a crash is never a silent pass.
 
 Deviations from the paper: none in this file.
@@ -44,7 +44,7 @@ def _check_scores(rubric_scores: torch.Tensor, rubric_mask: torch.Tensor | None 
 
 
 def response_reward(rubric_scores: torch.Tensor, rubric_mask: torch.Tensor, how: str = "aon") -> torch.Tensor:
-    """Response-level reward R from the per-rubric verdicts (RTT_SPEC §3 step 3).
+    """Response-level reward R from the per-rubric verdicts (METHOD.md §3 step 3).
 
     "aon"  all-or-nothing: R = 1 if every valid rubric passes, else 0 (the paper's default). Sparse:
            a response that passes 4 of 5 rubrics earns exactly what an empty one earns.
@@ -83,14 +83,14 @@ def response_reward(rubric_scores: torch.Tensor, rubric_mask: torch.Tensor, how:
 
 
 def token_rewards(rubric_scores: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
-    """Token reward r = s·w: each rubric's verdict credited to the tokens relevant to it (RTT_SPEC §3 step 5).
+    """Token reward r = s·w: each rubric's verdict credited to the tokens relevant to it (METHOD.md §3 step 5).
 
     A satisfied rubric (+1) rewards its relevant tokens, a violated one (−1) penalises them; tokens the
     discriminator calls irrelevant (w = 0) get nothing from that rubric.
 
     Shapes:
         rubric_scores  (B, G, K)     float  +1 / −1, 0 on padded rubrics
-        relevance      (B, G, K, T)  float  w in [0, 1], 0 on padding; must stay float (RTT_SPEC §6.2:
+        relevance      (B, G, K, T)  float  w in [0, 1], 0 on padding; must stay float (METHOD.md §7 defect 2:
                                             storing w in an integer tensor truncates every soft weight to 0)
         returns        (B, G, K, T)  float
 
@@ -106,7 +106,7 @@ def token_rewards(rubric_scores: torch.Tensor, relevance: torch.Tensor) -> torch
                          f"got {tuple(rubric_scores.shape)} and {tuple(relevance.shape)}")
     if not relevance.is_floating_point():
         raise ValueError(f"relevance must be a float tensor, got {relevance.dtype} "
-                         "(an integer tensor would truncate soft weights to 0; RTT_SPEC §6.2)")
+                         "(an integer tensor would truncate soft weights to 0; METHOD.md §7 defect 2)")
     if bool((relevance < 0).any()) or bool((relevance > 1).any()):
         raise ValueError("relevance weights must lie in [0, 1]")
     _check_scores(rubric_scores)
@@ -189,7 +189,10 @@ class LLMJudge:
     """
 
     def __init__(self, model, tokenizer, batch_size: int = 16, max_new_tokens: int = 4):
-        self.model, self.tokenizer, self.batch_size, self.max_new_tokens = model, tokenizer, batch_size, max_new_tokens
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
         self.log: list[dict] = []
         self.stats = {"yes": 0, "no": 0, "unparsed": 0, "empty": 0}
 
@@ -203,7 +206,8 @@ class LLMJudge:
     @torch.no_grad()
     def answer(self, questions: list[str]) -> list[str]:
         """Raw greedy answers of the model, one per question text."""
-        tok, answers = self.tokenizer, []
+        tok = self.tokenizer
+        answers = []
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         for start in range(0, len(questions), self.batch_size):
             batch = tok(questions[start:start + self.batch_size], add_special_tokens=False, padding=True,
@@ -236,7 +240,8 @@ class HybridJudge:
     RuleJudge; judge.rule.errors and judge.llm.log / .stats keep each side's records."""
 
     def __init__(self, checkers: dict[str, Callable[..., bool]], llm_judge: LLMJudge):
-        self.rule, self.llm = RuleJudge(checkers), llm_judge
+        self.rule = RuleJudge(checkers)
+        self.llm = llm_judge
 
     def __call__(self, prompts: list[dict], responses: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
         return judge_items(prompts, responses, lambda rubric: rubric.get("type") in self.rule.checkers, self.rule,
@@ -253,7 +258,8 @@ def judge_items(prompts: list[dict], responses: list[list[str]], by_rule: Callab
         raise ValueError(f"every prompt needs the same number of responses G, got sizes {sorted(group_sizes)}")
     k_max, rubric_mask = pad_rubrics(prompts)
     scores = torch.zeros(len(prompts), group_sizes.pop(), k_max)                  # (B, G, K)
-    index, items = [], []
+    index = []
+    items = []
     for b, (prompt, group) in enumerate(zip(prompts, responses)):
         prompt_id = prompt.get("id", str(b))
         for g, response in enumerate(group):

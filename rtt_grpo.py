@@ -1,7 +1,7 @@
 """
 rtt_grpo.py — the RTT-GRPO objective: combined advantage and the clipped policy loss.
 
-Paper:    RTT §3 (combined advantage), PPO/GRPO clipped surrogate; RTT_SPEC.md §3 steps 8–9.
+Paper:    paper §3 (combined advantage), PPO/GRPO clipped surrogate; METHOD.md §3 steps 8–9.
 Input:    response advantage Â (B, G), token advantage Ã (B, G, T), per-token log-probs (N, T)
 Output:   combined advantage A (B, G, T); scalar loss and a dict of diagnostics
 

@@ -1,7 +1,7 @@
 """
 train.py — RTT-GRPO: one readable training loop that wires the concept files together.
 
-Paper:    RTT §3 (the training step); RTT_SPEC.md §3 steps 1–9, the authors' settings in §7.
+Paper:    paper §3 (the training step); METHOD.md §3 steps 1–9, the authors' settings in §8.
 Run:      python train.py                 # toy preset: Rubric World, tiny policy, CPU, minutes
           python train.py --lam 0         # the same run as plain GRPO;  --help lists every flag
           python train.py smollm2         # SmolLM2-135M-Instruct on IFEval prompts;  paper: the authors' settings
@@ -22,7 +22,7 @@ One step (letters as in the dimension legend):
 Presets.  toy (default) | smollm2 | paper: one table, PRESETS below; flags override a preset's values.
 Memory.   --max_batch_tokens bounds every forward (generation, log-probs, backward) by sequence positions.
 
-Deviations (numbered as in the README's list, tagged `# DEVIATION(n)`):
+Deviations (numbered as in METHOD.md §9, tagged `# DEVIATION(n)`):
   5. The toy preset replaces the 4B–7B instruct policy, DeepSeek judge and LLM-trained discriminator with
      a 2-layer policy, a rule judge and a 2-layer discriminator, all built locally (see README).
   6. The toy preset binarises the relevance weights at 0.5 and gives the end-of-sequence token the
@@ -71,7 +71,7 @@ PRESETS = {
                     prompts_per_step=2, max_steps=50, lr=1e-6, warmup_steps=20, max_new_tokens=128,
                     temperature=0.99, top_p=0.99, top_k=100, max_batch_tokens=16384, eval_every=25,
                     eval_prompts=16, eval_samples=2, out_dir="out/smollm2"),
-    # RTT_SPEC §7, the authors' run: any hub policy via --policy, a GPU with bf16 assumed; needs --data.
+    # METHOD.md §8, the authors' run: any hub policy via --policy, a GPU with bf16 assumed; needs --data.
     "paper": dict(policy="Qwen/Qwen3-4B-Instruct-2507", data="", judge="hybrid", group_size=8, prompts_per_step=64,
                   max_steps=500, lr=1e-6, warmup_steps=20, max_new_tokens=4096, temperature=0.99, top_p=0.99,
                   top_k=100, gradient_checkpointing=True, max_batch_tokens=262144, out_dir="out/paper"),
@@ -105,7 +105,8 @@ class Config:
     lam: float = arg(0.5, "λ: weight of the token advantage; 0 gives GRPO exactly")
     method: str = arg("add", "add: Â + λÃ | mix: (1−λ)Â + λÃ")
     reward: str = arg("aon", "response reward: aon (all-or-nothing) | mean (CSR)")
-    norm: str = arg("intra", f"token normalisation: {' | '.join(TOKEN_NORMS)} | released_code (the authors' as it runs)")
+    norm: str = arg("intra", f"token normalisation: {' | '.join(TOKEN_NORMS)} | released_code (the authors', as it "
+                             "runs)")
     relevance: str = arg("discriminator", f"w: {' | '.join(RELEVANCE_KINDS)}")
     relevance_threshold: float = arg(0.0, "0: soft weights w (the paper); > 0: w = 1 where w >= threshold, else 0")
     eos_token_advantage: bool = arg(True, "True: the end-of-sequence token is in the token-level term (the paper); "
@@ -144,7 +145,8 @@ class Config:
 
 
 def parse_config(argv: list[str]) -> Config:
-    """`python train.py [preset] [--flag value ...]` (or --preset NAME): the preset sets defaults, flags override them."""
+    """`python train.py [preset] [--flag value ...]` (or --preset NAME): the preset sets defaults, flags override
+    them."""
     positional = argv[:1] if argv and not argv[0].startswith("-") else []
     flags = argv[len(positional):]
     named = [flags[i + 1] for i, f in enumerate(flags[:-1]) if f == "--preset"] + [
@@ -170,7 +172,8 @@ def parse_config(argv: list[str]) -> Config:
     if cfg.lam < 0 or cfg.group_size < 2 or cfg.prompts_per_step < 1 or cfg.max_steps < 1:
         raise SystemExit("need --lam >= 0, --group_size >= 2, --prompts_per_step >= 1, --max_steps >= 1")
     refusals = [
-        (not cfg.data, f"preset {cfg.preset!r} needs --data: ifeval, or a JSONL / datasets dir or name of rubric prompts"),
+        (not cfg.data, f"preset {cfg.preset!r} needs --data: ifeval, or a JSONL / datasets dir or name of rubric "
+                       "prompts"),
         (cfg.policy == "toy" and not registry.is_rubric_world(cfg.data),
          f"the toy policy only knows Rubric World's words; for --data {cfg.data} use --policy smollm2 or a model path"),
         (cfg.relevance == "oracle" and not registry.is_rubric_world(cfg.data),
@@ -212,9 +215,8 @@ def train(cfg: Config) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / max(cfg.warmup_steps, 1), 1.0))
     generators = {"relevance": relevance_generator} if cfg.relevance == "random" else {}   # saved in checkpoints
-    state = {}
-    if cfg.resume:
-        state = checkpoints.resume(cfg.resume, asdict(cfg), RUN_DEFINING, model, optimizer, scheduler, generators)
+    state = checkpoints.resume(cfg.resume, asdict(cfg), RUN_DEFINING, model, optimizer, scheduler,
+                               generators) if cfg.resume else {}       # {"step", "collapse_guard", "collapse"}
     start_step = state.get("step", 0)
     collapse = state.get("collapse", "")
     guard = outputs.CollapseGuard(state.get("collapse_guard"))                 # METHOD.md §10, over 10-step means
@@ -223,16 +225,19 @@ def train(cfg: Config) -> dict:
     def run_eval(split: str) -> dict:                                            # within the memory budget too
         with amp():
             return evaluation.evaluate(model, tokenizer, splits[split][:cfg.eval_prompts or None], judge,
-                                       cfg.eval_samples, cfg.max_new_tokens, cfg.seed, cfg.max_batch_tokens or UNLIMITED,
+                                       cfg.eval_samples, cfg.max_new_tokens, cfg.seed,
+                                       cfg.max_batch_tokens or UNLIMITED,
                                        temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
 
-    summary, start_path = {"config": asdict(cfg), "device": str(device)}, os.path.join(cfg.out_dir, "start_eval.json")
+    summary = {"config": asdict(cfg), "device": str(device)}
+    start_path = os.path.join(cfg.out_dir, "start_eval.json")
     if cfg.final_eval:                                                           # kept so a resumed run reports it
         if not os.path.exists(start_path):
             write_json(start_path, run_eval("test"))
         with open(start_path) as f:
             summary["start"] = json.load(f)
-    print(f"training {cfg.preset}: λ={cfg.lam} {cfg.method}, reward {cfg.reward}, norm {cfg.norm}, relevance {cfg.relevance}"
+    print(f"training {cfg.preset}: λ={cfg.lam} {cfg.method}, reward {cfg.reward}, norm {cfg.norm}, "
+          f"relevance {cfg.relevance}"
           f"{f' (w >= {cfg.relevance_threshold})' if cfg.relevance_threshold else ''}, B={cfg.prompts_per_step} "
           f"G={cfg.group_size}, steps {start_step}->{cfg.max_steps}, {device}")
     shown = None
@@ -274,14 +279,15 @@ def train(cfg: Config) -> dict:
         scheduler.step()
         timings["time/update"] = time.perf_counter() - tic
         # ------------------------------------------------------------ 6. log, samples, eval, checkpoint
-        metrics = {**outputs.step_metrics(rubric_scores, rubric_mask, resp_reward, adv.response, adv.token, adv.relevance,
+        metrics = {**outputs.step_metrics(rubric_scores, rubric_mask, resp_reward, adv.response, adv.token,
+                                          adv.relevance,
                                             response_ids, token_mask, tokenizer.eos_token_id),
                    "loss/policy": loss, "clip_frac": loss_metrics["clip_frac"], "kl_old": loss_metrics["approx_kl_old"],
                    "kl_ref": loss_metrics["kl_ref"], "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
                    **registry.batch_metrics(cfg.data, prompts, texts), **timings, "time/step": sum(timings.values())}
         if (warning := guard.update(metrics)) and not collapse:
             collapse = f"step {step}: {warning}"
-            tqdm.write(f"!!! COLLAPSE at step {step}: {warning} (RTT_SPEC §8)")
+            tqdm.write(f"!!! COLLAPSE at step {step}: {warning} (METHOD.md §10)")
         logger.log(step, metrics)
         progress.set_postfix(reward=f"{metrics['reward/mean']:.2f}", pass_rate=f"{metrics['rubric/pass_rate']:.2f}",
                              length=f"{metrics['completions/mean_length']:.1f}")
@@ -340,7 +346,9 @@ def policy_update(model, ref_model, optimizer, tokenizer, cfg: Config, prompt_id
     exactly the one-batch gradient), forward passes under amp() (bf16 autocast on float32 weights). Shapes:
     response_ids, token_mask, advantages A (B, G, T). Returns (loss, metrics over the whole batch, grad norm)."""
     model.train()
-    flat_ids, flat_mask, flat_adv = response_ids.flatten(0, 1), token_mask.flatten(0, 1), advantages.flatten(0, 1)  # (N, T)
+    flat_ids = response_ids.flatten(0, 1)                                        # (N, T)
+    flat_mask = token_mask.flatten(0, 1)                                         # (N, T)
+    flat_adv = advantages.flatten(0, 1)                                          # (N, T)  A
     flat_prompts = [ids for ids in prompt_ids for _ in range(cfg.group_size)]   # N prompt id lists
     row_tokens = max(len(ids) for ids in prompt_ids) + flat_ids.shape[1]          # P + T
     pieces = microbatches(len(flat_prompts), row_tokens, cfg.max_batch_tokens or UNLIMITED)
@@ -356,14 +364,16 @@ def policy_update(model, ref_model, optimizer, tokenizer, cfg: Config, prompt_id
         ref_logp = None if ref_model is None else torch.cat([logprobs(ref_model, rows) for rows in pieces])
     for _ in range(cfg.ppo_epochs):
         optimizer.zero_grad(set_to_none=True)
-        loss, new_logp = 0.0, []
+        loss = 0.0
+        new_logp = []
         for rows, weight in zip(pieces, weights):
             logp = logprobs(model, rows)                                          # (rows, T)
             piece_loss, _ = policy_loss(logp, logp.detach() if old_logp is None else old_logp[rows], flat_adv[rows],
                                         flat_mask[rows], cfg.clip_low, cfg.clip_high, cfg.loss_agg,
                                         None if ref_logp is None else ref_logp[rows], cfg.kl_coef)
             (piece_loss * weight).backward()
-            loss, new_logp = loss + piece_loss.item() * weight, new_logp + [logp.detach()]
+            loss += piece_loss.item() * weight
+            new_logp.append(logp.detach())
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         optimizer.step()
     new_logp = torch.cat(new_logp)                                                # (N, T) of the last epoch

@@ -1,7 +1,7 @@
 """Time the discriminator's relevance inference per RL step against the toy policy's generation time.
 
 At the toy preset (B = 16 prompts, G = 8 responses each) one RL step generates N = 128 responses with the
-warm-start toy policy (rollout.generate) and then scores all N·K (response, rubric)
+warm-start toy policy (policies.rollout.generate) and then scores all N·K (response, rubric)
 pairs with the toy discriminator (discriminator.relevance, one chunked batched forward). Prints the median
 time of each over several repeats and their ratio.
 Target: relevance / generation <= 0.5 (relevance must not dominate an RL step).
@@ -21,13 +21,12 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from relevance import build  # noqa: E402
 import discriminator  # noqa: E402
-from policies import loading  # noqa: E402
-from policies import toy  # noqa: E402
-from tasks import registry  # noqa: E402
 import train  # noqa: E402
+from policies import loading, toy  # noqa: E402
 from policies.rollout import UNLIMITED, encode_prompts, generate  # noqa: E402
+from relevance import build  # noqa: E402
+from tasks import registry  # noqa: E402
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -44,7 +43,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--policy", default="toy", help="toy (Rubric World) | smollm2 (IFEval, its built discriminator)")
+    parser.add_argument("--policy", default="toy",
+                        help="toy (Rubric World) | smollm2 (IFEval, its built discriminator)")
     parser.add_argument("--prompts", type=int, help="B (default: the preset's)")
     parser.add_argument("--group-size", type=int, help="G (default: the preset's)")
     parser.add_argument("--warm-start-steps", type=int, help="toy: override the policy's warm-start steps")
@@ -52,7 +52,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg = train.parse_config([] if args.policy == "toy" else [args.policy])
-    b_size, g_size = args.prompts or cfg.prompts_per_step, args.group_size or cfg.group_size
+    b_size = args.prompts or cfg.prompts_per_step
+    g_size = args.group_size or cfg.group_size
     if args.policy == "toy":
         recipe = {"steps": args.warm_start_steps} if args.warm_start_steps is not None else None
         policy_model, tokenizer = toy.load_or_build_toy_policy(cache_dir=args.policy_cache, recipe=recipe)

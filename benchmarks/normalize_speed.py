@@ -50,7 +50,10 @@ def main():
     parser.add_argument("--repeats", type=int, default=11)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    b, g, k, t = 64, 8, 8, 2048
+    b = 64
+    g = 8
+    k = 8
+    t = 2048
     gen = torch.Generator().manual_seed(0)
     lengths = torch.randint(1, t + 1, (b, g), generator=gen)
     token_mask = torch.arange(t) < lengths[..., None]                              # (B, G, T)

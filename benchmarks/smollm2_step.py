@@ -1,8 +1,8 @@
 """Seconds per RTT step with SmolLM2-135M-Instruct on IFEval prompts, by phase, against an estimate of the CPU's floor.
 
-One step is train.py's: sample G responses for B prompts (rollout.generate) -> judge with the IFEval checkers ->
-relevance (uniform here: the policy's side; a discriminator adds one forward over N·K short sequences) -> response
-and token advantages -> train.policy_update (log-probs, clipped loss, backward, AdamW; μ = 1).
+One step is train.py's: sample G responses for B prompts (policies.rollout.generate) -> judge with the IFEval
+checkers -> relevance (uniform here: the policy's side; a discriminator adds one forward over N·K short sequences)
+-> response and token advantages -> train.policy_update (log-probs, clipped loss, backward, AdamW; μ = 1).
 
 Floor, measured on this machine first: the sustained rate of one float32 matmul the size of the model's layers
 (FLOP/s) and of reading a large tensor (bytes/s).
@@ -28,21 +28,23 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import discriminator  # noqa: E402
-from tasks import ifeval  # noqa: E402
-from policies import loading  # noqa: E402
 import train  # noqa: E402
-from runs.files import write_json  # noqa: E402
 from normalize import group_advantages, token_advantages  # noqa: E402
-from rewards import response_reward, token_rewards  # noqa: E402
+from policies import loading  # noqa: E402
 from policies.rollout import decode_responses, encode_prompts, generate  # noqa: E402
+from rewards import response_reward, token_rewards  # noqa: E402
 from rtt_grpo import combine_advantages  # noqa: E402
+from runs.files import write_json  # noqa: E402
+from tasks import ifeval  # noqa: E402
 
 
 def machine_rates(size: int = 576, repeats: int = 20) -> tuple[float, float]:
     """(FLOP/s of a (2048 x size) @ (size x 4·size) float32 matmul, bytes/s of reading 256 MB), medians."""
-    a, b = torch.randn(2048, size), torch.randn(size, 4 * size)
+    a = torch.randn(2048, size)
+    b = torch.randn(size, 4 * size)
     big = torch.randn(64 * 1024 * 1024)
-    flops, reads = [], []
+    flops = []
+    reads = []
     for _ in range(repeats):
         tic = time.perf_counter()
         a @ b
@@ -74,14 +76,16 @@ def main() -> dict:
     rows = []
     for step in range(args.steps):
         prompts = prompts_all[step * args.prompts_per_step:(step + 1) * args.prompts_per_step]
-        times, tic = {}, time.perf_counter()
+        times = {}
+        tic = time.perf_counter()
         prompt_ids = encode_prompts(tokenizer, prompts)
         model.eval()
         with amp():
             response_ids, token_mask = generate(model, tokenizer, prompt_ids, cfg.group_size, cfg.max_new_tokens,
                                                 cfg.max_batch_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                                                 top_k=cfg.top_k, generator=torch.Generator().manual_seed(step))
-        times["generate"], tic = time.perf_counter() - tic, time.perf_counter()
+        times["generate"] = time.perf_counter() - tic
+        tic = time.perf_counter()
         texts = decode_responses(tokenizer, response_ids, token_mask)
         rubric_scores, rubric_mask = judge(prompts, texts)                        # (B, G, K), (B, K)
         relevance = discriminator.uniform_relevance(prompts, response_ids, token_mask)   # (B, G, K, T)
@@ -89,12 +93,15 @@ def main() -> dict:
                                    rubric_scores)                                 # (B, G, T)
         advantages = combine_advantages(group_advantages(response_reward(rubric_scores, rubric_mask)), tok_adv,
                                         cfg.lam)                                   # (B, G, T)
-        times["judge+advantages"], tic = time.perf_counter() - tic, time.perf_counter()
+        times["judge+advantages"] = time.perf_counter() - tic
+        tic = time.perf_counter()
         train.policy_update(model, None, optimizer, tokenizer, cfg, prompt_ids, response_ids, token_mask,
                             advantages, amp)
         times["update"] = time.perf_counter() - tic
-        rows_n, prompt_tokens = len(prompt_ids) * cfg.group_size, sum(len(p) for p in prompt_ids) * cfg.group_size
-        response_tokens, decode_steps = int(token_mask.sum()), token_mask.shape[-1]
+        rows_n = len(prompt_ids) * cfg.group_size
+        prompt_tokens = sum(len(p) for p in prompt_ids) * cfg.group_size
+        response_tokens = int(token_mask.sum())
+        decode_steps = token_mask.shape[-1]
         floor_generate = (decode_steps * max(4 * n_params / byte_rate, 2 * n_params * rows_n / flop_rate)
                           + 2 * n_params * prompt_tokens / cfg.group_size / flop_rate)  # a prompt is read once
         floor_update = (6 * (n_params - head_params) * (prompt_tokens + response_tokens)

@@ -145,7 +145,8 @@ def test_one_statement_per_line_and_no_line_over_120_characters():
         assert long == [], f"{path}: lines over 120 characters: {long}"
         for node in ast.walk(ast.parse(source)):
             for field in ("body", "orelse", "finalbody", "handlers"):
-                statements = [s.lineno for s in getattr(node, field, []) or [] if isinstance(s, ast.stmt)]
+                block = getattr(node, field, None)
+                statements = [s.lineno for s in block if isinstance(s, ast.stmt)] if isinstance(block, list) else []
                 assert len(statements) == len(set(statements)), f"{path}: two statements on one line"
             is_packed = isinstance(node, ast.Assign) and isinstance(node.value, ast.Tuple) and isinstance(
                 node.targets[0], ast.Tuple)
@@ -180,6 +181,21 @@ def test_the_copy_of_pad_rubrics_in_discriminator_agrees_with_rewards():
         for fn in (discriminator._rubric_mask, rewards.pad_rubrics):
             with pytest.raises(ValueError, match="'c' has no rubrics"):
                 fn(broken)
+
+
+def test_the_copy_of_combine_advantages_in_normalize_agrees_with_rtt_grpo():
+    import normalize
+    import rtt_grpo
+
+    g = torch.Generator().manual_seed(0)
+    resp_adv, tok_adv = torch.randn(2, 4, generator=g), torch.randn(2, 4, 5, generator=g)
+    for lam, method in ((0.0, "add"), (0.5, "add"), (2.0, "add"), (0.3, "mix"), (1.0, "mix")):
+        assert torch.equal(normalize._combine(resp_adv, tok_adv, lam, method),
+                           rtt_grpo.combine_advantages(resp_adv, tok_adv, lam, method))
+    for lam, method in ((-0.1, "add"), (1.5, "mix"), (0.5, "sum")):
+        for combine in (normalize._combine, rtt_grpo.combine_advantages):
+            with pytest.raises(ValueError):
+                combine(resp_adv, tok_adv, lam, method)
 
 
 @pytest.mark.parametrize("name", ["normalize", "rtt_grpo", "rewards"])

@@ -6,8 +6,9 @@ import statistics
 import pytest
 import torch
 
+import normalize
 from normalize import (TOKEN_NORMS, group_advantages, inter_sample_token_norm, intra_sample_token_norm,
-                       rubric_mean_token_norm, rubric_softmax_token_norm, token_advantages)
+                       rtt_advantages, rubric_mean_token_norm, rubric_softmax_token_norm, token_advantages)
 
 EPS = 1e-6
 
@@ -262,3 +263,76 @@ def test_clear_errors_for_bad_input():
         group_advantages(torch.ones(4))
     with pytest.raises(ValueError, match="unknown token normalisation"):
         token_advantages("per-batch", rewards, token_mask, rubric_mask, scores)
+
+
+# ---------------------------------------------------------------------------- the per-batch recipe (rtt_advantages)
+def recipe_batch(seed: int = 0):
+    """A batch with padded rubrics, ragged responses, an EOS at each response's end, soft relevance and ±1 scores."""
+    g = torch.Generator().manual_seed(seed)
+    b, gs, k, t = 2, 4, 3, 7
+    lengths = torch.randint(2, t + 1, (b, gs), generator=g)                       # (B, G)
+    token_mask = torch.arange(t) < lengths[..., None]                             # (B, G, T)
+    eos_mask = torch.arange(t) == (lengths[..., None] - 1)                        # (B, G, T)  the last real token
+    rubric_mask = torch.tensor([[True, True, True], [True, True, False]])         # (B, K)
+    scores = (torch.randint(0, 2, (b, gs, k), generator=g) * 2 - 1).float() * rubric_mask[:, None, :]  # (B, G, K)
+    relevance = torch.rand(b, gs, k, t, generator=g) * token_mask[:, :, None, :] * rubric_mask[:, None, :, None]
+    reward = (scores > 0).float().mean(-1)                                        # (B, G)  any R
+    return reward, scores, rubric_mask, relevance, token_mask, eos_mask
+
+
+@pytest.mark.parametrize("norm", TOKEN_NORMS)
+@pytest.mark.parametrize("threshold, eos_in", [(0.0, True), (0.5, False)])
+def test_rtt_advantages_is_the_step_by_step_recipe(norm, threshold, eos_in):
+    """The recipe equals its steps written out one by one (threshold, w = 0 at EOS, Â, r = s·w, Ã, A)."""
+    reward, scores, rubric_mask, relevance, token_mask, eos_mask = recipe_batch()
+    got = rtt_advantages(reward, scores, rubric_mask, relevance, token_mask, eos_mask, norm, 0.5, "add", threshold,
+                         eos_in)
+    w = (relevance >= threshold).float() if threshold > 0 else relevance
+    w = w.masked_fill(eos_mask[:, :, None, :], 0.0)
+    resp_adv = group_advantages(reward)
+    token_term = token_mask if eos_in else token_mask & ~eos_mask
+    tok_adv = token_advantages(norm, scores[..., None] * w, token_term, rubric_mask, scores)
+    assert torch.equal(got.relevance, w) and torch.equal(got.response, resp_adv) and torch.equal(got.token, tok_adv)
+    assert torch.equal(got.combined, (resp_adv[..., None] + 0.5 * tok_adv) * token_mask)
+    assert torch.all(got.combined[~token_mask] == 0)
+
+
+def test_rtt_advantages_lam_zero_is_grpo():
+    reward, scores, rubric_mask, relevance, token_mask, eos_mask = recipe_batch(1)
+    got = rtt_advantages(reward, scores, rubric_mask, relevance, token_mask, eos_mask, lam=0.0)
+    assert torch.equal(got.combined, group_advantages(reward)[..., None].expand_as(token_mask) * token_mask)
+    with pytest.raises(ValueError, match="'mix'"):
+        normalize._combine(got.response, got.token, 1.5, "mix")
+
+
+def test_rtt_advantages_refuses_what_would_silently_go_wrong():
+    reward, scores, rubric_mask, relevance, token_mask, eos_mask = recipe_batch(2)
+    with pytest.raises(ValueError, match="eos_mask must be a bool"):
+        rtt_advantages(reward, scores, rubric_mask, relevance, token_mask, eos_mask.long())
+    with pytest.raises(ValueError, match="relevance must be float weights"):
+        rtt_advantages(reward, scores, rubric_mask, (relevance > 0.5).long(), token_mask, eos_mask)
+    with pytest.raises(ValueError, match="token_mask must be a bool"):
+        rtt_advantages(reward, scores, rubric_mask, relevance, token_mask.long(), eos_mask)
+    for norm in ("rubric_softmax", "rubric_group"):                               # 0/1 scores instead of ±1
+        with pytest.raises(ValueError, match=r"\+1 \(satisfied\) or -1"):
+            rtt_advantages(reward, (scores > 0).float(), rubric_mask, relevance, token_mask, eos_mask, norm)
+
+
+def test_a_one_hot_relevance_row_puts_minus_sqrt_n_minus_1_on_its_token():
+    """METHOD.md §5: the intra-sample scale grows with the response length n, while |Â| <= (G − 1)/√G."""
+    for n in (20, 2048):
+        relevance = torch.zeros(1, 1, 1, n)
+        relevance[..., 3] = 1.0
+        adv = intra_sample_token_norm(-relevance, torch.ones(1, 1, n, dtype=torch.bool),
+                                      torch.ones(1, 1, dtype=torch.bool), eps=0.0)[0, 0]
+        torch.testing.assert_close(adv[3], torch.tensor(-(n - 1) ** 0.5))
+        torch.testing.assert_close(adv[0], torch.tensor((n - 1) ** -0.5))
+    assert group_advantages(torch.tensor([[1.0] + [0.0] * 7]), eps=0.0).abs().max() <= 7 / 8 ** 0.5 + 1e-6
+
+
+def test_rubric_softmax_is_zero_not_nan_for_a_prompt_without_a_real_rubric():
+    scores = torch.tensor([[[1.0, -1.0], [-1.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]]])    # (B=2, G=2, K=2)
+    rubric_mask = torch.tensor([[True, True], [False, False]])                      # prompt 1: no real rubric
+    token_mask = torch.ones(2, 2, 3, dtype=torch.bool)
+    adv = rubric_softmax_token_norm(scores[..., None] * torch.ones(2, 2, 2, 3), token_mask, rubric_mask, scores)
+    assert not adv.isnan().any() and torch.all(adv[1] == 0)
