@@ -45,7 +45,7 @@ from tasks import registry, rubric_world
 # Matching a rubric's word to the same word in the response (include, exclude, order) needs the long run: on
 # identifiable test labels F1 0.75 after 1000 steps at lr 3e-3, 0.92 with these settings (lr 2e-3 was faster on
 # one thread and much worse on two: 0.94 vs 0.79). A 256-wide feed-forward layer reached 0.98 but made
-# relevance inference 1.3x slower (README, Speed).
+# relevance inference 1.3x slower (RESULTS.md, Speed).
 TOY_SETTINGS = dict(backbone="bidirectional", hidden=64, layers=2, heads=4, intermediate=128, steps=3000,
                     batch_size=64, lr=1e-3, seed=0, data_seed=0)
 

@@ -31,7 +31,8 @@ def read_checkpoint(path: str) -> dict:
                          "refused, since loading it could run code") from error
     except Exception as error:                       # a truncated file, not a checkpoint at all
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise ValueError(f"cannot read checkpoint {path!r}: {type(error).__name__}: {first_line}") from error
+        raise ValueError(f"cannot read checkpoint {path!r}: not a whole file written by torch.save "
+                         f"({type(error).__name__}: {first_line})") from error
     has_fields = isinstance(state, dict) and {"policy", "step", "config"} <= set(state)
     if not has_fields or not isinstance(state["policy"], dict) or not isinstance(state["config"], dict):
         raise ValueError(f"{path!r} is not a train.py checkpoint (needs 'policy', 'step' and 'config')")

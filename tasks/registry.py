@@ -173,6 +173,9 @@ def load_rubric_dataset(path_or_name: str, split: str | None = None, checkers: d
     Rows are validated (see rubric_prompt_from_row); with `checkers`, every typed rubric must name one of them.
     Rows are numbered from 1 in error messages (the JSONL line number for a file).
     """
+    looks_like_a_file = path_or_name.endswith((".jsonl", ".json"))          # not a `datasets` name
+    if looks_like_a_file and not os.path.exists(path_or_name):
+        raise ValueError(f"{path_or_name}: no such file or directory")
     if os.path.isfile(path_or_name):
         rows = []
         with open(path_or_name) as f:
