@@ -1,4 +1,4 @@
-"""normalize.py: every vectorised function against a slow loop, and the properties RTT_SPEC §5 implies."""
+"""normalize.py: every vectorised function against a slow loop, and the properties METHOD.md §5 implies."""
 
 import math
 import statistics
@@ -152,7 +152,7 @@ def test_tied_group_and_single_sample_give_zero_advantage_not_nan():
 
 
 def authors_reshape_intra(rewards, token_mask, rubric_mask, eps=EPS):
-    """RTT_SPEC §6.1 reproduced on purpose: [G, K, T] -> [K, G, T] by reshape instead of transpose."""
+    """METHOD.md §7 defect 1 reproduced on purpose: [G, K, T] -> [K, G, T] by reshape instead of transpose."""
     b, g, k, t = rewards.shape
     scrambled = rewards.reshape(b, k, g, t).transpose(1, 2)                      # rows of other responses
     return intra_sample_token_norm(scrambled.contiguous(), token_mask, rubric_mask, eps)
@@ -170,7 +170,7 @@ def test_changing_sample_j_never_changes_sample_i(seed):
 
 
 def test_the_authors_reshape_defect_fails_the_independence_property():
-    """The property above is strong enough to catch RTT_SPEC §6.1 (it is exact only when K = 1 or G = 1)."""
+    """The property above is strong enough to catch METHOD.md §7 defect 1 (it is exact only when K = 1 or G = 1)."""
     gen = torch.Generator().manual_seed(0)
     rewards = torch.rand(1, 3, 2, 6, generator=gen)                              # B=1, G=3, K=2, T=6
     token_mask = torch.ones(1, 3, 6, dtype=torch.bool)
@@ -241,7 +241,7 @@ def test_edge_cases_are_finite(how):
 
 
 def test_intra_is_sign_times_zscore_of_relevance():
-    """RTT_SPEC §5: with r = s·w, the intra-sample advantage of one rubric is s · zscore_t(w)."""
+    """METHOD.md §5: with r = s·w, the intra-sample advantage of one rubric is s · zscore_t(w)."""
     w = torch.tensor([0.1, 0.9, 0.3, 0.0])
     for s in (1.0, -1.0):
         out = intra_sample_token_norm((s * w).view(1, 1, 1, 4), torch.ones(1, 1, 4, dtype=torch.bool),

@@ -15,7 +15,7 @@ def test_response_reward_ignores_padded_rubrics():
 
 
 def test_token_rewards_keep_soft_weights_as_floats():
-    """RTT_SPEC §6.2: the authors' integer buffer truncates 0.3 to 0; here 0.3 stays 0.3."""
+    """METHOD.md §7 defect 2: the authors' integer buffer truncates 0.3 to 0; here 0.3 stays 0.3."""
     scores = torch.tensor([[[1., -1.]]])
     relevance = torch.tensor([[[[0.3, 0.998], [0.3, 0.0]]]])
     out = token_rewards(scores, relevance)
