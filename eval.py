@@ -241,7 +241,7 @@ def resolve(args: EvalArgs, device: str) -> tuple[list[dict], dict, dict]:
         raise SystemExit(f"--split {args.split} would score {args.checkpoint} on prompts it trained on")
     kind = args.judge or config.get("judge") or registry.DATA_JUDGES.get(data.split(":")[0], "")
     judge_model = args.judge_model or config.get("judge_model", "")
-    judge_llm = load_policy(judge_model, device, args.dtype) if kind in ("llm", "hybrid") and judge_model else None
+    judge_llm = load_policy(judge_model, device, args.dtype) if kind in registry.LLM_JUDGES and judge_model else None
     prompts, judges = registry.evaluation_task(data, args.split, kind, judge_llm, args.data_file)
     source = {"data": data, "split": args.split, "judge": kind, "checkpoint": args.checkpoint or None,
               "policy": config.get("policy", args.policy), "responses_file": args.responses or None}

@@ -178,9 +178,9 @@ def parse_config(argv: list[str]) -> Config:
          f"the toy policy only knows Rubric World's words; for --data {cfg.data} use --policy smollm2 or a model path"),
         (cfg.relevance == "oracle" and not registry.is_rubric_world(cfg.data),
          "--relevance oracle needs Rubric World (its minimal-edit labels); choose discriminator, uniform or random"),
-        (cfg.judge in ("llm", "hybrid") and not cfg.judge_model,
+        (cfg.judge in registry.LLM_JUDGES and not cfg.judge_model,
          f"--judge {cfg.judge} needs --judge_model (a causal LM directory or hub id)"),
-        (cfg.judge_model and cfg.judge not in ("llm", "hybrid"),
+        (cfg.judge_model and cfg.judge not in registry.LLM_JUDGES,
          f"--judge_model is read by the llm and hybrid judges only, not by --judge {cfg.judge}"),
         (cfg.discriminator and cfg.relevance != "discriminator",
          f"--discriminator is read by --relevance discriminator only, not by --relevance {cfg.relevance}"),
@@ -203,8 +203,7 @@ def train(cfg: Config) -> dict:
     splits = load(lambda: registry.load_splits(cfg.data))
     model, tokenizer, amp = load(lambda: load_for_training(  # float32 weights, forward passes in cfg.dtype
         cfg.policy, str(device), cfg.dtype, cfg.gradient_checkpointing))
-    llm_judged = cfg.judge in ("llm", "hybrid")
-    judge_llm = load(lambda: load_policy(cfg.judge_model, str(device), cfg.dtype)) if llm_judged else None
+    judge_llm = load(lambda: load_policy(cfg.judge_model, str(device), cfg.dtype)) if cfg.judge_model else None
     judge = load(lambda: registry.make_judge(cfg.judge, judge_llm))
     uses_discriminator = cfg.lam > 0 and cfg.relevance == "discriminator"     # built once and cached; DEVIATION(5)
     discriminator = load(lambda: discriminator_for(cfg.policy, cfg.data, tokenizer, str(device), cfg.discriminator)
@@ -261,10 +260,9 @@ def train(cfg: Config) -> dict:
         timings["time/judge"] = time.perf_counter() - tic
         # ------------------------------------------------------------ 3. token relevance: w (discriminator.py)
         tic = time.perf_counter()
-        relevance = torch.zeros(*rubric_scores.shape, token_mask.shape[-1], device=device)  # (B, G, K, T) GRPO: none
-        if cfg.lam > 0:
-            relevance = token_relevance(cfg.relevance, prompts, response_ids, token_mask, discriminator,
-                                        tokenizer, relevance_generator, cfg.max_batch_tokens)     # (B, G, K, T)  w
+        relevance = (token_relevance(cfg.relevance, prompts, response_ids, token_mask, discriminator, tokenizer,
+                                     relevance_generator, cfg.max_batch_tokens) if cfg.lam > 0     # (B, G, K, T)  w
+                     else torch.zeros(*rubric_scores.shape, token_mask.shape[-1], device=device))  # GRPO: none
         timings["time/relevance"] = time.perf_counter() - tic
         # ------------------------------------------------------------ 4. advantages (rewards.py, normalize.py)
         resp_reward = response_reward(rubric_scores, rubric_mask, cfg.reward)  # (B, G)  R

@@ -25,6 +25,7 @@ from tasks import ifbench, ifeval, rubric_world
 BENCHMARKS = {"ifeval": ifeval, "ifbench": ifbench}               # the paper's benchmarks: prompts and checkers
 DATA_JUDGES = {"rubric_world": "rule", "ifeval": "ifeval", "ifbench": "ifbench"}   # each dataset's own judge
 JUDGES = ("rule", "ifeval", "ifbench", "llm", "hybrid")
+LLM_JUDGES = ("llm", "hybrid")                                       # the judges that ask a judge model
 
 
 def held_out_splits(prompts: list[dict], seed: int = 0) -> dict[str, list[dict]]:
@@ -117,7 +118,7 @@ def make_judge(kind: str, judge_llm: tuple | None = None, loose: bool = False):
         return RuleJudge(rubric_world.CHECKERS)
     if kind in BENCHMARKS:
         return ifeval.IFEvalJudge(loose) if kind == "ifeval" else ifbench.IFBenchJudge(loose)
-    if kind not in ("llm", "hybrid"):
+    if kind not in LLM_JUDGES:
         raise ValueError(f"unknown judge {kind!r}; choose one of {', '.join(JUDGES)}")
     if judge_llm is None:
         raise ValueError(f"the {kind} judge needs a judge model (--judge_model: a causal LM directory or hub id)")

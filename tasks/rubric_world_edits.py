@@ -18,7 +18,8 @@ Deviations (numbered as in METHOD.md §9):
 import random
 from typing import Iterator
 
-from tasks.rubric_world import CHECKERS, FILLERS, MAX_WORDS, NAMES, SEP, make_rubric, passes, satisfying_response
+from tasks.rubric_world import (CHECKERS, FILLERS, MAX_WORDS, NAMES, SEP, make_rubric,  # make_rubric: the doctests
+                                passes, satisfying_response)
 
 
 # ----------------------------------------------------------------------------- minimal-modification editors
