@@ -39,6 +39,7 @@ Demo:     python eval.py                                             # warm-star
 import math
 import sys
 import time
+from argparse import ArgumentDefaultsHelpFormatter
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
@@ -205,13 +206,25 @@ def arg(default, help: str):
     return field(default=default, metadata={"help": help})
 
 
+class HelpFormatter(ArgumentDefaultsHelpFormatter):
+    """--help for train.py and eval.py: a default is shown only when there is one, and --no_X says what it does
+    (HfArgumentParser would repeat --X's text for it)."""
+
+    def _get_help_string(self, action):
+        if action.option_strings and action.option_strings[0] == f"--no_{action.dest}":
+            return f"the same as --{action.dest} False"
+        if action.default == "":
+            return action.help
+        return super()._get_help_string(action)
+
+
 @dataclass
 class EvalArgs:
     policy: str = arg("toy", "toy | smollm2 | a save_pretrained dir or hub id")
     checkpoint: str = arg("", "a train.py ckpt.pt: evaluated on its own data and judge")
     responses: str = arg("", "score this JSONL of {'id' or 'prompt', 'response'} rows")
-    data: str = arg("", "rubric_world | ifeval | ifbench | a rubric JSONL (default: the checkpoint's, else "
-                        "rubric_world)")
+    data: str = arg("", "rubric_world | ifeval | ifbench | a rubric JSONL (when not given: the checkpoint's data, "
+                        "else rubric_world)")
     data_file: str = arg("", "a benchmark's prompts from this file, not the packaged copy (its own format)")
     split: str = arg("test", "test | val | train | test_unseen_combos (Rubric World) | all (a whole benchmark)")
     judge: str = arg("", f"{' | '.join(registry.JUDGES)} (default: the data's own)")
@@ -260,7 +273,7 @@ def print_table(result: dict, judges: list[str]) -> None:
 
 def main(argv: list[str]) -> dict:
     try:
-        (args,) = HfArgumentParser(EvalArgs).parse_args_into_dataclasses(args=argv)
+        (args,) = HfArgumentParser(EvalArgs, formatter_class=HelpFormatter).parse_args_into_dataclasses(args=argv)
     except ValueError as error:                                                  # an unknown flag, a typo
         raise SystemExit(f"{error} (python eval.py --help lists every flag)") from error
     if args.checkpoint and args.responses:

@@ -156,7 +156,7 @@ def parse_config(argv: list[str]) -> Config:
     preset = (positional + named + [Config.preset])[0]
     if preset not in PRESETS:
         raise SystemExit(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    parser = HfArgumentParser(Config)
+    parser = HfArgumentParser(Config, formatter_class=evaluation.HelpFormatter)
     parser.set_defaults(preset=preset, **PRESETS[preset])
     try:
         (cfg,) = parser.parse_args_into_dataclasses(args=flags)

@@ -8,7 +8,7 @@ Target: relevance / generation <= 0.5 (relevance must not dominate an RL step).
 
 Run:  python benchmarks/discriminator_speed.py [--threads 1] [--repeats 5]
       python benchmarks/discriminator_speed.py --policy smollm2 --repeats 3   (the smollm2 preset's step)
-      --warm-start-steps 10 --policy-cache /tmp/toy_policy   (a briefly warmed-up policy when the cached one is
+      --warm_start_steps 10 --policy_cache /tmp/toy_policy   (a briefly warmed-up policy when the cached one is
       missing and its full warm start is too slow to wait for; it rarely stops early, so its responses are longer)
 """
 
@@ -46,9 +46,9 @@ def main() -> None:
     parser.add_argument("--policy", default="toy",
                         help="toy (Rubric World) | smollm2 (IFEval, its built discriminator)")
     parser.add_argument("--prompts", type=int, help="B (default: the preset's)")
-    parser.add_argument("--group-size", type=int, help="G (default: the preset's)")
-    parser.add_argument("--warm-start-steps", type=int, help="toy: override the policy's warm-start steps")
-    parser.add_argument("--policy-cache", help="toy: where the policy is cached (default: toy.default_cache_dir())")
+    parser.add_argument("--group_size", type=int, help="G (default: the preset's)")
+    parser.add_argument("--warm_start_steps", type=int, help="toy: override the policy's warm-start steps")
+    parser.add_argument("--policy_cache", help="toy: where the policy is cached (default: toy.default_cache_dir())")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg = train.parse_config([] if args.policy == "toy" else [args.policy])

@@ -27,6 +27,7 @@ Run:      python experiments/study.py             (all questions, 5 seeds)
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -38,7 +39,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(HERE)
 sys.path.insert(0, REPO_ROOT)
 sys.path.insert(0, HERE)
-from compare_methods import build_shared_models, mean_ci, run_command  # noqa: E402
+from compare_methods import T_975, build_shared_models, mean_ci, run_command  # noqa: E402
 from runs.files import read_jsonl, write_json, write_text  # noqa: E402
 from runs.outputs import CollapseGuard  # noqa: E402
 
@@ -139,6 +140,53 @@ def aggregate(results: dict) -> dict:
     return table
 
 
+def t_quantile(p: float, df: int) -> float:
+    """Student-t quantile t_{p, df} for p > 0.5: bisection on the CDF, 0.5 + the density integrated from 0 by
+    Simpson's rule (2,000 panels). Slow and plainly correct; tests check it against the printed table T_975."""
+    scale = math.gamma((df + 1) / 2) / (math.sqrt(df * math.pi) * math.gamma(df / 2))
+
+    def cdf(t: float) -> float:
+        panels = 2000
+        h = t / panels
+        ys = [scale * (1 + (i * h) ** 2 / df) ** (-(df + 1) / 2) for i in range(panels + 1)]
+        return 0.5 + h / 3 * (ys[0] + ys[-1] + 4 * sum(ys[1:-1:2]) + 2 * sum(ys[2:-1:2]))
+
+    low = 0.0
+    high = 1.0
+    while cdf(high) < p:
+        high *= 2
+    for _ in range(50):
+        middle = (low + high) / 2
+        if cdf(middle) < p:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2
+
+
+def family_wise(table: dict, alpha: float = 0.05) -> dict:
+    """{regime: {method: Δ test instruction accuracy vs GRPO-AON with a Bonferroni interval}}. A regime compares m
+    variants with GRPO-AON; each interval is at level alpha / m, so the chance that ANY interval wrongly excludes 0
+    stays <= alpha. Same standard error as the 95% interval: its half-width times
+    t_{1 - alpha/2m, n-1} / t_{0.975, n-1}."""
+    verdicts = {}
+    for regime, rows in table.items():
+        paired = {m: row["paired"]["instruction_accuracy"] for m, row in rows.items() if "paired" in row}
+        for method, stat in paired.items():
+            if stat["n"] < 2:
+                continue
+            quantile = t_quantile(1 - alpha / (2 * len(paired)), stat["n"] - 1)
+            half_width = stat["ci95"] * quantile / T_975[stat["n"] - 2]
+            verdict = "contains 0"
+            if stat["mean"] - half_width > 0:
+                verdict = "above 0"
+            if stat["mean"] + half_width < 0:
+                verdict = "below 0"
+            verdicts.setdefault(regime, {})[method] = {"mean": stat["mean"], "ci_bonferroni": half_width,
+                                                       "comparisons": len(paired), "verdict": verdict}
+    return verdicts
+
+
 def best_variant(table: dict) -> str:
     """The token-level variant with the highest mean VALIDATION instruction accuracy on Rubric World (never test)."""
     candidates = {m: row["val_instruction_accuracy"]["mean"] for m, row in table["all"].items() if m in GROUPING
@@ -150,7 +198,13 @@ def markdown(table: dict) -> str:
     def cell(stat: dict, digits: int = 3) -> str:
         return f"{stat['mean']:.{digits}f}" + ("" if stat["ci95"] != stat["ci95"] else f" ± {stat['ci95']:.{digits}f}")
 
-    lines = []
+    lines = ["\n### every regime's comparisons at once (Bonferroni)\n",
+             "Δ test instruction accuracy vs GRPO-AON with an interval at level 0.05 / m for the m variants of the "
+             "regime, so that the chance of any interval wrongly excluding 0 is at most 0.05.\n",
+             "| regime | method | Δ vs GRPO-AON | Bonferroni interval (m) | verdict |", "|---|---|---|---|---|"]
+    for regime, rows in family_wise(table).items():
+        lines += [f"| {regime} | {method} | {v['mean']:+.3f} | ± {v['ci_bonferroni']:.3f} ({v['comparisons']}) | "
+                  f"{v['verdict']} |" for method, v in rows.items()]
     for regime, rows in table.items():
         lines += [f"\n### regime: {regime} ({REGIMES[regime]})\n",
                   "| method | seeds | test instruction acc | Δ vs GRPO-AON (paired) | test rubric acc | Δ rubric | "
@@ -228,7 +282,11 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
     parser.add_argument("--out", default=os.path.join(REPO_ROOT, "results", "study"))
     parser.add_argument("--quick", action="store_true", help="2 seeds x 40 steps, 4 methods, question 1-2 only")
+    parser.add_argument("--tables_only", action="store_true",
+                        help="no runs: recompute the statistics and summary.md from the summary.json in --out")
     args = parser.parse_args(argv)
+    if args.tables_only:
+        return restate(args.out)
     if args.quick:
         args.seeds = 2
         args.steps = 40
@@ -245,12 +303,27 @@ def main(argv: list[str]) -> dict:
     results = collect(runs, args)
     table = aggregate(results)
     summary = {"best_variant_on_validation": best, "seeds": args.seeds, "steps": args.steps, "table": table,
+               "family_wise": family_wise(table),
                "plan": runs, "failed": failed, "figures": plot(table, results, args.out),
                "wall_seconds": round(time.time() - start, 1), "machine": {"cpus": os.cpu_count(), "jobs": args.jobs}}
     write_json(os.path.join(args.out, "summary.json"), summary)
     write_text(os.path.join(args.out, "summary.md"), markdown(table))
     print(markdown(table) + f"\nbest variant on validation: {best}; wall time {summary['wall_seconds']:.0f} s"
           + (f"\nFAILED: {failed}" if failed else ""))
+    return summary
+
+
+def restate(out: str) -> dict:
+    """The tables and the family-wise statistics again from a finished study's summary.json (no training)."""
+    path = os.path.join(out, "summary.json")
+    if not os.path.exists(path):
+        raise SystemExit(f"--tables_only: no {path}; run the study first")
+    with open(path) as f:
+        summary = json.load(f)
+    summary["family_wise"] = family_wise(summary["table"])
+    write_json(path, summary)
+    write_text(os.path.join(out, "summary.md"), markdown(summary["table"]))
+    print(markdown(summary["table"]))
     return summary
 
 

@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", help="write every metric to this JSON file")
     parser.add_argument("--heatmap", help="save a per-rubric heat map of one held-out response (PNG, plus .html)")
     parser.add_argument("--rebuild", action="store_true", help="retrain even if a cached model exists")
-    parser.add_argument("--compare-backbones", action="store_true",
+    parser.add_argument("--compare_backbones", action="store_true",
                         help="toy: also train the other backbone (causal vs bidirectional), compare per rubric type")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)

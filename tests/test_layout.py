@@ -5,6 +5,7 @@ a marked copy of a helper agreeing with its original."""
 import ast
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,7 +29,8 @@ LAYERS = {
     6: ("train", "eval", "experiments", "benchmarks"),                               # the entry points
 }
 ENTRY_POINTS = ("train.py", "eval.py", "relevance/build.py", "experiments/compare_methods.py", "experiments/study.py",
-                "experiments/discriminator_backbones.py", "experiments/ifbench_agreement.py")
+                "experiments/discriminator_backbones.py", "experiments/ifbench_agreement.py",
+                "benchmarks/discriminator_speed.py", "benchmarks/normalize_speed.py", "benchmarks/smollm2_step.py")
 
 
 def product_files() -> list[str]:
@@ -160,6 +162,11 @@ def test_every_entry_point_can_be_asked_for_help(path):
     result = subprocess.run([sys.executable, *(["-m", module_name(path)] if "/" in path else [path]), "--help"],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "usage" in result.stdout.lower(), result.stderr[-2000:]
+    flags = re.findall(r"\[(--[\w-]+)", result.stdout)
+    assert [flag for flag in flags if "-" in flag[2:]] == [], f"{path}: one convention, --words_with_underscores"
+    assert "(default: )" not in result.stdout, f"{path}: an empty default printed"
+    for negative in re.findall(r"--no_(\w+), --no-[\w-]+\s+(.*)", result.stdout):
+        assert negative[1].startswith(f"the same as --{negative[0]} False"), negative
 
 
 def test_the_training_loop_fits_on_a_screen_or_two():

@@ -49,3 +49,20 @@ def test_the_plan_asks_every_grouping_with_both_relevances_and_the_released_code
     assert set(later) == {"all", "local", "global", "k3", "k6"}
     assert set(later["k6"]) == {"grpo-aon", "intra-disc", "rubric_group-disc"}
     assert "--norm" in first["released-code"] and "released_code" in first["released-code"]
+
+
+def test_the_t_quantile_agrees_with_the_printed_table_and_bonferroni_widens_by_its_ratio():
+    from compare_methods import T_975
+
+    for df, printed in enumerate(T_975, start=1):
+        assert study.t_quantile(0.975, df) == pytest.approx(printed, abs=5e-4)   # the table is rounded to 3 places
+    assert study.t_quantile(0.995, 4) == pytest.approx(4.604, abs=5e-4)         # t_{0.995, 4} of standard tables
+    stat = {"mean": 0.029, "ci95": 0.018, "n": 5}                                 # 95%: [0.011, 0.047], above 0
+    table = {"all": {"grpo-aon": {}, **{f"v{i}": {"paired": {"instruction_accuracy": stat}} for i in range(11)}},
+             "k3": {"grpo-aon": {}, "v0": {"paired": {"instruction_accuracy": stat}}}}
+    verdicts = study.family_wise(table)
+    eleven = verdicts["all"]["v0"]
+    assert eleven["comparisons"] == 11 and eleven["verdict"] == "contains 0"
+    assert eleven["ci_bonferroni"] == pytest.approx(0.018 * study.t_quantile(1 - 0.05 / 22, 4) / T_975[3])
+    assert verdicts["k3"]["v0"]["verdict"] == "above 0"                          # one comparison: the 95% interval
+    assert verdicts["k3"]["v0"]["ci_bonferroni"] == pytest.approx(0.018, abs=1e-5)
