@@ -240,12 +240,13 @@ class BatchAdvantages(NamedTuple):
 def rtt_advantages(resp_reward: torch.Tensor, rubric_scores: torch.Tensor, rubric_mask: torch.Tensor,
                    relevance: torch.Tensor, token_mask: torch.Tensor, eos_mask: torch.Tensor, norm: str = "intra",
                    lam: float = 0.5, method: str = "add", relevance_threshold: float = 0.0,
-                   eos_token_advantage: bool = True, eps: float = 1e-6, token_norm=None) -> BatchAdvantages:
+                   eos_token_advantage: bool = True, eps: float = 1e-6, token_norm=None,
+                   resp_adv: torch.Tensor | None = None) -> BatchAdvantages:
     """RTT's advantages for a batch, from the verdicts and the relevance weights (METHOD.md §3 steps 4–8).
 
       1. w = 1{w >= threshold} when relevance_threshold > 0 (a binary mask), else the soft weights (the paper)
       2. w = 0 at the end-of-sequence token (as in the authors' pipeline: METHOD.md §5, deviation 7)
-      3. Â = group_advantages(R)
+      3. Â = group_advantages(R), or `resp_adv` when the host trainer computes its own (TRL: ε = 1e-4)
       4. r = s·w;  Ã = token normalisation `norm` over the token term: every response token, or every token but
          EOS when eos_token_advantage is False (EOS then gets Â alone: deviation 6)
       5. A = Â + λ·Ã ("add") or (1 − λ)·Â + λ·Ã ("mix"); λ = 0 gives GRPO exactly
@@ -260,6 +261,8 @@ def rtt_advantages(resp_reward: torch.Tensor, rubric_scores: torch.Tensor, rubri
         eos_mask       (B, G, T)     bool   the end-of-sequence token of each response (False where none was emitted)
         token_norm     a function with token_advantages' signature (default: token_advantages), e.g. the authors'
                        pipeline as it runs (released_code.token_advantages)
+        resp_adv       (B, G)  float  Â as the host trainer computed it from R (then used as given, so λ = 0
+                                      reproduces that trainer exactly); None: group_advantages(resp_reward, eps)
         returns        BatchAdvantages(response Â, token Ã, combined A, relevance w as used); A is 0 on padding
     Scale: under "intra" a violated rubric whose relevance is one token of an n-token response puts −√(n − 1) on that
     token (−4.4 at n = 20, −45 at n = 2,048) and +1/√(n − 1) on the others, while |Â| <= (G − 1)/√G (2.5 at G = 8):
@@ -274,7 +277,11 @@ def rtt_advantages(resp_reward: torch.Tensor, rubric_scores: torch.Tensor, rubri
     if relevance_threshold > 0:
         relevance = (relevance >= relevance_threshold).to(relevance.dtype)        # (B, G, K, T)  DEVIATION(6)
     relevance = relevance.masked_fill(eos_mask[:, :, None, :], 0.0)              # (B, G, K, T)  DEVIATION(7)
-    resp_adv = group_advantages(resp_reward, eps)                                 # (B, G)        Â
+    if resp_adv is None:
+        resp_adv = group_advantages(resp_reward, eps)                             # (B, G)        Â
+    elif resp_adv.shape != resp_reward.shape:
+        raise ValueError(f"resp_adv must be (B, G) like resp_reward {tuple(resp_reward.shape)}, "
+                         f"got {tuple(resp_adv.shape)}")
     tok_reward = rubric_scores[..., None] * relevance                             # (B, G, K, T)  r = s·w
     token_term = token_mask if eos_token_advantage else token_mask & ~eos_mask    # (B, G, T)     DEVIATION(6)
     tok_adv = (token_norm or token_advantages)(norm, tok_reward, token_term, rubric_mask, rubric_scores, eps)

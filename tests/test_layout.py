@@ -17,7 +17,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONCEPT_FILES = ("normalize.py", "rtt_grpo.py", "rewards.py", "discriminator.py")
 MAIN_PATH = CONCEPT_FILES + ("train.py", "eval.py")
-FOLDERS = ("tasks", "policies", "relevance", "runs", "experiments", "benchmarks")
+FOLDERS = ("tasks", "policies", "relevance", "runs", "engines", "experiments", "benchmarks")
 # The reading guide's layers, bottom to top (README "Read the code"): a module may import its own layer and the ones
 # below it, never one above. Tests are outside the layers: they may import anything.
 LAYERS = {
@@ -26,11 +26,12 @@ LAYERS = {
     3: ("tasks",),                                                                   # prompts, rubrics, judges
     4: ("policies",),                                                                # π_θ: load, sample, score
     5: ("relevance",),                                                               # making discriminators
-    6: ("train", "eval", "experiments", "benchmarks"),                               # the entry points
+    6: ("train", "eval", "engines", "experiments", "benchmarks"),                    # the entry points
 }
 ENTRY_POINTS = ("train.py", "eval.py", "relevance/build.py", "experiments/compare_methods.py", "experiments/study.py",
                 "experiments/discriminator_backbones.py", "experiments/ifbench_agreement.py",
-                "benchmarks/discriminator_speed.py", "benchmarks/normalize_speed.py", "benchmarks/smollm2_step.py")
+                "benchmarks/discriminator_speed.py", "benchmarks/normalize_speed.py", "benchmarks/smollm2_step.py",
+                "engines/train_trl.py", "benchmarks/trl_step.py")
 
 
 def product_files() -> list[str]:
@@ -100,7 +101,7 @@ def test_the_top_level_is_the_design_card():
     """`ls` shows the main path, the one extra concept (the authors' pipeline as it runs), the documents and folders."""
     top = sorted(name for name in os.listdir(REPO) if name.endswith(".py"))
     assert top == sorted(MAIN_PATH + ("released_code.py",))
-    for folder in FOLDERS[:4]:                                                   # each folder says what it holds
+    for folder in FOLDERS[:5]:                                                   # each folder says what it holds
         assert ast.get_docstring(ast.parse(open(os.path.join(REPO, folder, "__init__.py")).read()))
 
 
@@ -112,6 +113,17 @@ def test_each_concept_file_copies_alone(tmp_path, name):
     env = {**os.environ, "PYTHONPATH": ""}                                       # the project is not importable
     code = f"import {name[:-3]}, doctest, sys; sys.exit(doctest.testmod({name[:-3]}).failed)"
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_trl_trainer_copies_out_with_the_concept_files(tmp_path):
+    """engines/trl_rtt.py names no project module but the concept files, and imports beside them alone."""
+    assert import_graph()["engines.trl_rtt"] <= {name[:-3] for name in CONCEPT_FILES}
+    for name in CONCEPT_FILES + ("engines/trl_rtt.py",):
+        shutil.copy(os.path.join(REPO, name), tmp_path / os.path.basename(name))
+    result = subprocess.run([sys.executable, "-c", "import trl_rtt; trl_rtt.RTTConfig(norm='rubric_group')"],
+                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""}, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
 
