@@ -211,7 +211,8 @@ def train(cfg: Config) -> dict:
     relevance_generator = torch.Generator().manual_seed(cfg.seed)              # draws of --relevance random
     ref_model = None if cfg.kl_coef == 0 else load_policy(cfg.policy, str(device), cfg.dtype)[0]  # π_ref
     token_norm = token_advantages if cfg.norm in TOKEN_NORMS else released_code.token_advantages  # never a default
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0,     # fused: one kernel for all
+                                  fused=device.type in ("cpu", "cuda"))        # tensors, SmolLM2 step 1.69 -> 0.23 s
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / max(cfg.warmup_steps, 1), 1.0))
     generators = {"relevance": relevance_generator} if cfg.relevance == "random" else {}   # saved in checkpoints
     state = checkpoints.resume(cfg.resume, asdict(cfg), RUN_DEFINING, model, optimizer, scheduler,
