@@ -150,8 +150,8 @@ def test_in_tied_groups_grpo_has_no_gradient_and_rtt_does(tmp_path):
 def test_two_processes_give_the_advantages_of_one_and_train_in_step(tmp_path):
     """A group split across the two processes, different T and K on each; then one DDP step of the trainer."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([os.path.dirname(TESTS), TESTS])}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_port", "29533", os.path.join(TESTS, "trl_two_processes.py"), str(tmp_path)],
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             os.path.join(TESTS, "trl_two_processes.py"), str(tmp_path)],
                             env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.count("same advantages as one process") == 2 * len(TOKEN_NORMS), result.stdout[-2000:]
