@@ -1,5 +1,7 @@
 """Seconds per RL step with SmolLM2-135M-Instruct on IFEval prompts: train.py, TRL's GRPOTrainer, and RTT in TRL
-(engines/trl_rtt.py), with the same B, G, new tokens, threads and device, in one run — read the ratios.
+(engines/trl_rtt.py), with the same B, G, new tokens, threads and device, in one run — read the ratios. Both TRL
+runs are engines/train_trl.py's trainer; TRL's GRPO is its --lam 0, where TRL's advantages pass untouched (the weights
+equal GRPOTrainer's bit for bit: tests/test_trl_rtt.py).
 
 Each trainer runs 1 warm-up step and --steps timed steps. train.py: its own per-step phase times (generate, judge,
 relevance, update) from metrics.jsonl; TRL: the wall time from the start to the end of each optimiser step
@@ -22,14 +24,11 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import train  # noqa: E402
-from discriminator import load_discriminator, save_discriminator  # noqa: E402
+from discriminator import save_discriminator  # noqa: E402
 from engines import train_trl  # noqa: E402
-from engines.trl_rtt import RTTConfig, RTTGRPOTrainer, RubricReward  # noqa: E402
-from policies.loading import load_for_training, load_policy  # noqa: E402
+from policies.loading import load_policy  # noqa: E402
 from runs.files import read_jsonl, write_json  # noqa: E402
-from tasks import registry  # noqa: E402
 from transformers import AutoModelForTokenClassification, TrainerCallback  # noqa: E402
-from trl import GRPOTrainer  # noqa: E402
 
 
 class StepClock(TrainerCallback):
@@ -65,22 +64,12 @@ def run_train_py(flags: list[str], steps: int, out_dir: str) -> dict:
                                 for m in metrics]}
 
 
-def run_trl(flags: list[str], steps: int, out_dir: str, rtt: RTTConfig | None, discriminator_dir: str) -> dict:
+def run_trl(flags: list[str], steps: int, out_dir: str) -> dict:
+    """engines/train_trl.py's trainer for these flags (--lam 0: TRL's GRPO exactly), timed step by step."""
     cfg, _ = train_trl.parse(["smollm2", *flags, "--max_steps", str(steps + 1), "--out_dir", out_dir,
                               "--device", "cpu", "--ckpt_every", str(10 ** 6)])
-    model, tokenizer, _ = load_for_training(cfg.policy, "cpu", "float32")
-    items = registry.load_splits(cfg.data)["train"]
-    args = train_trl.grpo_config(cfg, 1, True, "off")
-    args.save_strategy = "no"
     clock = StepClock()
-    reward = RubricReward(registry.make_judge(cfg.judge), items, cfg.reward)
-    common = dict(model=model, args=args, train_dataset=train_trl.prompt_rows(items, tokenizer),
-                  processing_class=tokenizer, callbacks=[clock])
-    if rtt is None:
-        trainer = GRPOTrainer(reward_funcs=[reward], **common)
-    else:
-        discriminator = load_discriminator(discriminator_dir, tokenizer, "cpu")
-        trainer = RTTGRPOTrainer(rubric_reward=reward, rtt=rtt, discriminator=discriminator, **common)
+    trainer = train_trl.build_trainer(cfg, callbacks=(clock,))
     trainer.train()
     lengths = [entry["completions/mean_length"] for entry in trainer.state.log_history if "completions/mean_length"
                in entry][1:]
@@ -102,9 +91,8 @@ def main(argv: list[str]) -> dict:
     discriminator_dir = untrained_discriminator(os.path.join(work, "discriminator"))
     rtt_flags = ["--relevance", "discriminator", "--discriminator", discriminator_dir]
     results = {"train.py RTT": run_train_py(flags + rtt_flags, args.steps, os.path.join(work, "train_py")),
-               "TRL GRPO": run_trl(flags + ["--lam", "0"], args.steps, os.path.join(work, "trl_grpo"), None, ""),
-               "TRL RTT": run_trl(flags + rtt_flags, args.steps, os.path.join(work, "trl_rtt"),
-                                  RTTConfig(lam=0.5, norm="intra", relevance="discriminator"), discriminator_dir)}
+               "TRL GRPO": run_trl(flags + ["--lam", "0"], args.steps, os.path.join(work, "trl_grpo")),
+               "TRL RTT": run_trl(flags + rtt_flags, args.steps, os.path.join(work, "trl_rtt"))}
     base = statistics.mean(results["TRL GRPO"]["step_seconds"])
     print(f"\nSmolLM2-135M-Instruct, IFEval prompts, B={args.prompts_per_step} G={args.group_size} "
           f"max_new_tokens={args.max_new_tokens}, CPU, {torch.get_num_threads()} threads, {args.steps} timed steps")

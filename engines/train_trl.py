@@ -36,7 +36,7 @@ from trl import GRPOConfig  # noqa: E402
 
 import train  # noqa: E402
 from engines.trl_rtt import RTTConfig, RTTGRPOTrainer, RubricReward  # noqa: E402
-from policies.loading import load_for_training, load_policy, pick_device  # noqa: E402
+from policies.loading import load_for_training, load_policy, pick_device, pick_dtype  # noqa: E402
 from policies.rollout import encode_prompts, suppressed_token_mask  # noqa: E402
 from relevance.build import discriminator_for  # noqa: E402
 from runs.files import write_json  # noqa: E402
@@ -84,13 +84,13 @@ def parse(argv: list[str]) -> tuple[train.Config, str]:
     return cfg, vllm
 
 
-def grpo_config(cfg: train.Config, processes: int, use_cpu: bool, vllm: str) -> GRPOConfig:
+def grpo_config(cfg: train.Config, processes: int, device: torch.device, vllm: str) -> GRPOConfig:
     completions = cfg.prompts_per_step * cfg.group_size
     if completions % processes:
         raise SystemExit(f"B·G = {completions} completions per step do not split over {processes} processes")
     return GRPOConfig(
-        output_dir=cfg.out_dir, seed=cfg.seed, max_steps=cfg.max_steps, use_cpu=use_cpu,
-        bf16=not use_cpu and cfg.dtype in ("auto", "bfloat16") and torch.cuda.is_bf16_supported(),
+        output_dir=cfg.out_dir, seed=cfg.seed, max_steps=cfg.max_steps, use_cpu=device.type == "cpu",
+        bf16=pick_dtype(cfg.dtype, str(device)) == torch.bfloat16,               # as train.py reads --dtype
         num_generations=cfg.group_size, per_device_train_batch_size=completions // processes,
         gradient_accumulation_steps=1, steps_per_generation=1, num_iterations=cfg.ppo_epochs,
         learning_rate=cfg.lr, warmup_steps=cfg.warmup_steps, lr_scheduler_type="constant_with_warmup",
@@ -118,9 +118,9 @@ def prompt_rows(items: list[dict], tokenizer) -> Dataset:
     return Dataset.from_list(rows)
 
 
-def main(argv: list[str]) -> dict:
-    cfg, vllm = parse(argv)
-    start = time.time()
+def build_trainer(cfg: train.Config, vllm: str = "off", callbacks: tuple = ()) -> RTTGRPOTrainer:
+    """The RTT trainer of a run: task, policy, judge and relevance as train.py loads them, settings in GRPOConfig.
+    With --lam 0 it is TRL's GRPO exactly (RTTGRPOTrainer leaves TRL's advantages untouched)."""
     device = pick_device(cfg.device)
     processes = PartialState(cpu=device.type == "cpu").num_processes            # torchrun / accelerate launch
     if cfg.wandb_project:
@@ -129,7 +129,7 @@ def main(argv: list[str]) -> dict:
     model, tokenizer, _ = train.load(lambda: load_for_training(cfg.policy, "cpu", "float32",
                                                                cfg.gradient_checkpointing))
     suppressed = suppressed_token_mask(tokenizer, model.config.vocab_size).nonzero().flatten().tolist()
-    args = grpo_config(cfg, processes, device.type == "cpu", vllm)
+    args = grpo_config(cfg, processes, device, vllm)
     if suppressed and vllm == "off":                     # vLLM takes no suppress_tokens: it may sample special tokens
         args.generation_kwargs = {"suppress_tokens": suppressed}
     judge_llm = train.load(lambda: load_policy(cfg.judge_model, str(device), cfg.dtype)) if cfg.judge_model else None
@@ -142,8 +142,16 @@ def main(argv: list[str]) -> dict:
                     relevance_threshold=cfg.relevance_threshold, eos_token_advantage=cfg.eos_token_advantage,
                     eps=cfg.eps, relevance_seed=cfg.seed)
     reward = RubricReward(judge, splits["train"], cfg.reward)
-    trainer = RTTGRPOTrainer(model=model, args=args, rubric_reward=reward, rtt=rtt, discriminator=discriminator,
-                             train_dataset=prompt_rows(splits["train"], tokenizer), processing_class=tokenizer)
+    return RTTGRPOTrainer(model=model, args=args, rubric_reward=reward, rtt=rtt, discriminator=discriminator,
+                          train_dataset=prompt_rows(splits["train"], tokenizer), processing_class=tokenizer,
+                          callbacks=list(callbacks))
+
+
+def main(argv: list[str]) -> dict:
+    cfg, vllm = parse(argv)
+    start = time.time()
+    trainer = build_trainer(cfg, vllm)
+    processes = trainer.accelerator.num_processes
     trainer.train(resume_from_checkpoint=cfg.resume or None)
     final_dir = os.path.join(cfg.out_dir, "final")
     trainer.save_model(final_dir)

@@ -5,8 +5,10 @@
 3. A has the completions' shape and is 0 on padding; in tied all-or-nothing groups GRPO has no gradient, RTT has.
 4. Two processes give one process's advantages (tests/trl_two_processes.py, run with torchrun).
 5. TRL's loss types, gradient accumulation and steps_per_generation > 1 move the weights; sign-test features refused.
+6. engines/train_trl.py maps train.py's settings onto GRPOConfig, refuses what TRL cannot take, trains and saves.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -14,14 +16,16 @@ import sys
 import pytest
 import torch
 from accelerate import Accelerator
+from transformers import AutoModelForCausalLM
 from trl.trainer.utils import nanstd
 
 import engines.trl_rtt as trl_rtt
 from discriminator import build_toy_discriminator
+from engines import train_trl
 from engines.trl_rtt import RTTConfig, rtt_batch_advantages
 from normalize import TOKEN_NORMS, rtt_advantages
 from rewards import response_reward
-from tiny_models import build_tiny_chat_model
+from tiny_models import build_tiny_chat_model, write_policy_and_rubrics
 from trl_setup import make_items, run, same_weights
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -188,3 +192,48 @@ def test_bad_settings_are_refused_with_a_message(tmp_path):
         run(tmp_path, make_items(), RTTConfig(relevance="discriminator"), max_steps=1)
     with pytest.raises(ValueError, match="an 'item' column"):
         trl_rtt.RubricReward(None, [])(["p"], ["c"])
+
+
+# ----------------------------------------------------------------------------- 6. the command
+def test_train_trl_maps_train_py_settings_onto_grpo_config():
+    cfg, vllm = train_trl.parse(["--group_size", "4", "--prompts_per_step", "6", "--loss_agg", "token-mean",
+                                 "--ppo_epochs", "2", "--kl_coef", "0.1", "--device", "cpu"])
+    args = train_trl.grpo_config(cfg, 2, torch.device("cpu"), vllm)
+    assert (args.num_generations, args.per_device_train_batch_size, args.num_iterations) == (4, 12, 2)
+    assert (args.loss_type, args.beta, args.epsilon, args.epsilon_high) == ("dapo", 0.1, 0.2, 0.27)
+    assert args.use_cpu and not args.bf16 and not args.use_vllm and args.lr_scheduler_type == "constant_with_warmup"
+    assert train_trl.parse(["smollm2"])[0].max_new_tokens == 128                    # the preset's value, as train.py
+
+
+@pytest.mark.parametrize("argv, message", [(["--eval_every", "5"], "--eval_every has no place in the TRL trainer"),
+                                           (["--relevance", "oracle"], "--relevance oracle and --norm released_code"),
+                                           (["--dtype", "bfloat16", "--device", "cpu"], "bfloat16 on a CPU"),
+                                           (["--vllm", "server", "--device", "cpu"], "--vllm needs CUDA"),
+                                           (["--vllm", "fast"], "is not one of off, colocate, server")])
+def test_train_trl_refuses_what_trl_cannot_take_in_one_line(argv, message):
+    with pytest.raises(SystemExit, match=message):
+        train_trl.parse(argv)
+
+
+def test_train_trl_refuses_a_batch_that_does_not_split_over_the_processes():
+    cfg, vllm = train_trl.parse(["--group_size", "3", "--prompts_per_step", "3", "--device", "cpu"])
+    with pytest.raises(SystemExit, match="9 completions per step do not split over 2 processes"):
+        train_trl.grpo_config(cfg, 2, torch.device("cpu"), vllm)
+
+
+def test_train_trl_trains_a_chat_policy_on_a_rubric_file_and_saves_it(tmp_path):
+    policy_dir, data = write_policy_and_rubrics(tmp_path, n_prompts=20, avoid="the")
+    rubrics = [{"type": "lowercase", "args": {}, "description": "Use no capital letters."},   # rubrics the random
+               {"type": "length", "args": {"lo": 1, "hi": 3}, "description": "Use 1 to 3 words."}]  # policy splits on
+    rows = [{"id": f"q{i}", "prompt": f"Write about the sea, part {i}.", "rubrics": rubrics} for i in range(20)]
+    (tmp_path / "rubrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "run"
+    summary = train_trl.main(["--policy", policy_dir, "--data", data, "--relevance", "uniform", "--norm",
+                              "rubric_group", "--max_steps", "1", "--prompts_per_step", "4", "--group_size", "4",
+                              "--max_new_tokens", "16", "--lr", "1e-2", "--warmup_steps", "0", "--device", "cpu",
+                              "--out_dir", str(out)])
+    assert summary["steps"] == 1 and summary["processes"] == 1
+    start, _ = build_tiny_chat_model("llama", seed=5)
+    trained = AutoModelForCausalLM.from_pretrained(summary["final_policy"])
+    assert not same_weights(trained.state_dict(), start.state_dict())
+    assert (out / "summary.json").exists()
