@@ -11,9 +11,9 @@ Floor, measured on this machine first: the sustained rate of one float32 matmul 
               (4 bytes), read once per step for all rows.
   update:     6·(non-embedding params)·(prompt + response tokens) + 6·(LM-head params)·(response tokens) FLOPs
               (forward 2, backward 4 per parameter and token; the LM head runs on response tokens only).
-Prints one line per step and a table; --json writes it all.
+Prints one line per step and a table of the timed steps' means (after --warmup untimed steps); --json writes it all.
 
-Run:  OMP_NUM_THREADS=1 python benchmarks/smollm2_step.py --steps 3 --json results/smollm2_step_time.json
+Run:  OMP_NUM_THREADS=1 python benchmarks/smollm2_step.py --steps 4 --json results/smollm2_step_time.json
 """
 
 import argparse
@@ -60,7 +60,8 @@ def main() -> dict:
     parser.add_argument("--prompts_per_step", type=int, default=2)
     parser.add_argument("--group_size", type=int, default=4)
     parser.add_argument("--max_new_tokens", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (AdamW's state, allocations)")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
     cfg = train.parse_config(["smollm2", "--group_size", str(args.group_size), "--prompts_per_step",
@@ -71,10 +72,10 @@ def main() -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     head_params = model.get_output_embeddings().weight.numel()                    # tied to the input embeddings
     judge = ifeval.IFEvalJudge()
-    prompts_all = ifeval.load_prompts(limit=args.prompts_per_step * args.steps)
+    prompts_all = ifeval.load_prompts(limit=args.prompts_per_step * (args.warmup + args.steps))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, fused=True)   # as train.py
     rows = []
-    for step in range(args.steps):
+    for step in range(args.warmup + args.steps):
         prompts = prompts_all[step * args.prompts_per_step:(step + 1) * args.prompts_per_step]
         times = {}
         tic = time.perf_counter()
@@ -109,8 +110,9 @@ def main() -> dict:
         row = {"step": step, "seconds": round(sum(times.values()), 2), **{k: round(v, 2) for k, v in times.items()},
                "floor_generate": round(floor_generate, 2), "floor_update": round(floor_update, 2),
                "prompt_tokens": prompt_tokens, "response_tokens": response_tokens, "decode_steps": decode_steps}
-        rows.append(row)
-        print(json.dumps(row))
+        print(json.dumps(row) + ("  (warm-up, not counted)" if step < args.warmup else ""))
+        if step >= args.warmup:
+            rows.append(row)
     mean = {k: round(statistics.mean(r[k] for r in rows), 2) for k in rows[0] if k != "step"}
     summary = {"policy": "smollm2", "B": args.prompts_per_step, "G": args.group_size,
                "max_new_tokens": args.max_new_tokens, "threads": torch.get_num_threads(), "device": "cpu",

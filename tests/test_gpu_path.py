@@ -118,6 +118,31 @@ def test_training_log_probs_are_the_samplers_tempered_log_probs():
     assert seen and set(seen) == {0.7}
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_the_loss_scores_each_sampled_token_with_the_log_prob_the_sampler_drew_it_from(family, monkeypatch):
+    """Where the sampler's arithmetic differs from the training forward (static cache, top-k candidates), the
+    tempered log-prob of every sampled token at sampling time equals response_logprobs' (the loss's π_θold)."""
+    model, tokenizer = build_tiny_chat_model(family, seed=3)
+    seen = []
+    real = rollout.sample_next
+
+    def recording(logits, *args, **kwargs):
+        seen.append(logits.float())                                                # (N, V), suppressed -inf
+        return real(logits, *args, **kwargs)
+
+    monkeypatch.setattr(rollout, "sample_next", recording)
+    prompt_ids = rollout.encode_prompts(tokenizer, [{"prompt": "Tell me about boats."}, {"prompt": "Hi."}])
+    with torch.no_grad():
+        response_ids, token_mask = rollout.generate(model, tokenizer, prompt_ids, 3, 8, temperature=0.7, top_k=20,
+                                                    top_p=0.9, generator=torch.Generator().manual_seed(0))
+        logp = rollout.response_logprobs(model, prompt_ids, response_ids, token_mask, tokenizer, temperature=0.7)
+    at_sampling = torch.stack([(z / 0.7).log_softmax(-1) for z in seen], dim=1)  # (N, T, V)
+    flat_ids = response_ids.flatten(0, 1)                                          # (N, T)
+    sampler = at_sampling.gather(-1, flat_ids[..., None]).squeeze(-1).reshape(response_ids.shape)
+    assert int(token_mask.sum()) > 20
+    torch.testing.assert_close(logp[token_mask], sampler[token_mask], atol=2e-5, rtol=1e-5)
+
+
 def count_forwards(model):
     """Every forward of the policy's backbone, as (rows, sequence positions held) from its attention mask."""
     seen = []

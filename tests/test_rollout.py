@@ -98,6 +98,99 @@ def test_top_k_1_and_tiny_top_p_are_greedy():
         rollout.sample_next(logits, temperature=0.0)
 
 
+def hf_warped_probs(logits, temperature, top_k, top_p):
+    """The reference: transformers' own warpers, in generate's order, then softmax. (N, V) -> (N, V)."""
+    from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
+                                                        TopPLogitsWarper)
+    scores = TemperatureLogitsWarper(temperature)(None, logits.clone())
+    if top_k > 0:
+        scores = TopKLogitsWarper(top_k)(None, scores)
+    if top_p < 1.0:
+        scores = TopPLogitsWarper(top_p)(None, scores)
+    return scores.softmax(dim=-1)
+
+
+@pytest.mark.parametrize("top_k, top_p", [(0, 1.0), (0, 0.9), (20, 1.0), (20, 0.9), (20, 0.5), (1, 1.0), (300, 0.8)])
+def test_the_candidates_carry_the_distribution_of_transformers_warpers(top_k, top_p):
+    logits = 3 * torch.randn(6, 300, generator=torch.Generator().manual_seed(top_k))
+    logits[:, 7] = -math.inf                                                       # a suppressed token
+    candidate_logits, candidate_ids = rollout.warped_candidates(logits, 0.7, top_k, top_p)   # (N, C)
+    ours = torch.zeros_like(logits).scatter(-1, candidate_ids, candidate_logits.softmax(dim=-1))  # (N, V)
+    torch.testing.assert_close(ours, hf_warped_probs(logits, 0.7, top_k, top_p), atol=1e-6, rtol=1e-5)
+    assert candidate_ids.shape[-1] == (top_k if 0 < top_k < 300 else 300)         # top-k: k candidates, not V
+
+
+def full_vocabulary_sampler(logits, temperature, top_p, generator):
+    """The sampler before top-k had its own path: mask the (N, V) logits, draw over all V. The reference for
+    top_k = 0, whose draws must not have changed."""
+    scaled = logits.float() / temperature
+    if top_p < 1.0:
+        sorted_logits, order = scaled.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop_sorted = (cum - sorted_logits.softmax(dim=-1)) >= top_p
+        scaled = scaled.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), -math.inf)
+    return torch.multinomial(scaled.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.9])
+def test_without_top_k_a_seed_draws_the_tokens_it_drew_before(top_p):
+    logits = 2 * torch.randn(64, 500, generator=torch.Generator().manual_seed(3))
+    for seed in range(5):
+        ours = rollout.sample_next(logits, 0.8, 0, top_p, generator=torch.Generator().manual_seed(seed))
+        before = full_vocabulary_sampler(logits, 0.8, top_p, torch.Generator().manual_seed(seed))
+        assert torch.equal(ours, before)
+
+
+def test_top_k_draws_follow_the_warped_distribution():
+    """The draw among the k candidates, mapped back to vocabulary ids, has the frequencies of HF's distribution."""
+    logits = torch.randn(1, 50, generator=torch.Generator().manual_seed(0)).expand(20000, 50)
+    draws = rollout.sample_next(logits, 1.0, 5, 0.8, generator=torch.Generator().manual_seed(0))  # (20000,)
+    frequency = torch.bincount(draws, minlength=50).float() / len(draws)
+    expected = hf_warped_probs(logits[:1], 1.0, 5, 0.8)[0]
+    assert set(draws.unique().tolist()) == set(expected.nonzero().flatten().tolist())
+    assert (frequency - expected).abs().max() < 0.015                              # 20,000 draws: 3 sigma ~ 0.011
+
+
+def growing_cache_generate(model, tokenizer, prompt_ids, group_size, max_new_tokens, top_p, generator):
+    """The sampling loop before the static cache and top-k candidates: a cache that grows by concatenation, the
+    mask rebuilt every step, the full-vocabulary sampler. The reference for samples that must not have changed."""
+    input_ids, attention_mask = rollout.left_pad(prompt_ids, tokenizer.pad_token_id)
+    position_ids = rollout.positions(attention_mask)
+    out = model(input_ids=input_ids, attention_mask=attention_mask.long(), position_ids=position_ids,
+                use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(group_size)
+    logits = out.logits[:, -1].repeat_interleave(group_size, dim=0)
+    attention_mask = attention_mask.repeat_interleave(group_size, dim=0)
+    position_ids = position_ids[:, -1:].repeat_interleave(group_size, dim=0)
+    suppress = rollout.suppressed_token_mask(tokenizer, model.config.vocab_size)
+    rows = []
+    finished = torch.zeros(len(prompt_ids) * group_size, dtype=torch.bool)
+    for _ in range(max_new_tokens):
+        next_ids = full_vocabulary_sampler(logits.float().masked_fill(suppress, -math.inf), 1.0, top_p, generator)
+        rows.append(next_ids.masked_fill(finished, tokenizer.pad_token_id))
+        finished = finished | (next_ids == tokenizer.eos_token_id)
+        if bool(finished.all()):
+            break
+        position_ids = position_ids + 1
+        attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
+        out = model(input_ids=next_ids[:, None], attention_mask=attention_mask.long(), position_ids=position_ids,
+                    past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        logits = out.logits[:, -1]
+    return torch.stack(rows, dim=-1).reshape(len(prompt_ids), group_size, -1)   # (B, G, T)
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.9])
+def test_the_toy_samples_what_the_growing_cache_loop_sampled(toy, top_p):
+    """Without top-k (the toy's decoding) the static cache and the sampler's new path change no sampled token."""
+    model, tokenizer, prompt_ids = toy
+    with torch.no_grad():
+        before = growing_cache_generate(model, tokenizer, prompt_ids, 8, MAX_NEW, top_p, torch.Generator().manual_seed(5))
+    response_ids, _ = sample(toy, seed=5, group_size=8, top_p=top_p)
+    assert response_ids.shape[-1] > 3 and torch.equal(response_ids, before[..., :response_ids.shape[-1]])
+
+
 @pytest.mark.parametrize("suppress", [True, False])
 def test_response_logprobs_equal_a_slow_per_sequence_loop(toy, suppress):
     model, tokenizer, prompt_ids = toy
