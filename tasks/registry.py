@@ -4,7 +4,8 @@ tasks/registry.py — the prompts-with-rubrics a run trains and evaluates on, an
 Paper:    paper §4 (rubric-based instruction-following data; rule checkers where a rubric is verifiable by code,
           an LLM judge answering YES/NO elsewhere); METHOD.md §3 step 2 and §8.
 Data:     "rubric_world" (the toy task, its own splits; "rubric_world:<regime>" restricts its rubrics), "ifeval" (the
-          541 IFEval prompts, lm-eval's checkers), "ifbench" (IFBench's 300 test prompts, if-verifiable's checkers),
+          541 IFEval prompts), "ifbench" (IFBench's 300 test prompts; both judged by if-verifiable's checkers),
+          "ifeval_train" (4,000 prompts in IFEval's style that are not IFEval's: tasks/ifeval_train.py),
           or a JSONL file / saved `datasets` directory / `datasets` name with rows
           {"prompt": str, "rubrics": [{"description", optional "type", "args"} or a plain string], optional "id"}.
           A real dataset is split once by a fixed seed into train / val / test (held_out_splits).
@@ -20,10 +21,11 @@ from functools import lru_cache
 import torch
 
 from rewards import HybridJudge, LLMJudge, RuleJudge
-from tasks import ifbench, ifeval, rubric_world
+from tasks import ifbench, ifeval, ifeval_train, rubric_world
 
 BENCHMARKS = {"ifeval": ifeval, "ifbench": ifbench}               # the paper's benchmarks: prompts and checkers
-DATA_JUDGES = {"rubric_world": "rule", "ifeval": "ifeval", "ifbench": "ifbench"}   # each dataset's own judge
+DATA_JUDGES = {"rubric_world": "rule", "ifeval": "ifeval", "ifbench": "ifbench",
+               "ifeval_train": "ifeval"}                          # each dataset's own judge
 JUDGES = ("rule", "ifeval", "ifbench", "llm", "hybrid")
 LLM_JUDGES = ("llm", "hybrid")                                       # the judges that ask a judge model
 
@@ -62,6 +64,8 @@ def load_splits(data: str) -> dict[str, list[dict]]:
         if regime not in rubric_world.REGIMES:
             raise ValueError(f"unknown Rubric World regime {regime!r}; choose one of {', '.join(rubric_world.REGIMES)}")
         return rubric_world.make_splits(seed=0, n_unseen=0, **rubric_world.REGIMES[regime])
+    if data == "ifeval_train":                                    # built on first use and cached
+        return held_out_splits(ifeval_train.load_or_build())
     return held_out_splits(BENCHMARKS[data].load_prompts() if data in BENCHMARKS else load_rubric_dataset(data))
 
 
@@ -84,10 +88,13 @@ def evaluation_task(data: str, split: str, judge: str, judge_llm: tuple | None =
 
 
 def data_checkers(data: str) -> dict:
-    """The rule checkers of a dataset's rubrics ({type: check(response, **args) -> bool}): IFEval's for ifeval,
-    Rubric World's for rubric_world, both for a rubric file (a rubric without a checker is an LLM judge's)."""
+    """The rule checkers of a dataset's rubrics ({type: check(response, **args) -> bool}): IFEval's for ifeval and
+    ifeval_train, Rubric World's for rubric_world, both for a rubric file (a rubric without a checker is an LLM
+    judge's)."""
     if data in BENCHMARKS:
         return BENCHMARKS[data].checkers()
+    if data == "ifeval_train":
+        return ifeval.checkers()
     return dict(rubric_world.CHECKERS) if is_rubric_world(data) else {**rubric_world.CHECKERS, **ifeval.checkers()}
 
 

