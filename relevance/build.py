@@ -240,7 +240,7 @@ def read_meta(path: str) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Build (or load) a relevance discriminator and measure it.")
     parser.add_argument("--policy", default="toy", help="toy | smollm2 | a save_pretrained dir or hub id")
-    parser.add_argument("--data", default="rubric_world", help="rubric_world | ifeval | a rubric JSONL")
+    parser.add_argument("--data", default="rubric_world", help="rubric_world | ifeval | ifeval_train | a rubric JSONL")
     parser.add_argument("--out", default="", help="where a real policy's discriminator goes (default: cache/)")
     parser.add_argument("--json", help="write every metric to this JSON file")
     parser.add_argument("--heatmap", help="save a per-rubric heat map of one held-out response (PNG, plus .html)")
