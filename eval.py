@@ -244,15 +244,18 @@ class EvalArgs:
 
 
 def resolve(args: EvalArgs, device: str) -> tuple[list[dict], dict, dict]:
-    """(prompts, {judge name: judge}, what is evaluated); a checkpoint brings its own data and judge."""
+    """(prompts, {judge name: judge}, what is evaluated); a checkpoint brings its own data and judge, and may also be
+    scored on the benchmarks its training data was kept apart from (registry.HELD_OUT_BENCHMARKS)."""
     config = read_checkpoint(args.checkpoint)["config"] if args.checkpoint else {}
     data = args.data or config.get("data", "rubric_world")
-    if config and data != config["data"]:
+    benchmarks = registry.HELD_OUT_BENCHMARKS.get(config.get("data"), ())     # kept apart from its training data
+    own_data = bool(config) and data == config["data"]
+    if config and not own_data and data not in benchmarks:
         raise SystemExit(f"{args.checkpoint} was trained on --data {config['data']}; it is evaluated on that data "
-                         f"(its held-out split), not on {data}")
-    if config and args.split in ("train", "all"):
+                         f"(its held-out split){''.join(' or on ' + b for b in benchmarks)}, not on {data}")
+    if own_data and args.split in ("train", "all"):
         raise SystemExit(f"--split {args.split} would score {args.checkpoint} on prompts it trained on")
-    kind = args.judge or config.get("judge") or registry.DATA_JUDGES.get(data.split(":")[0], "")
+    kind = args.judge or (config.get("judge") if own_data else "") or registry.DATA_JUDGES.get(data.split(":")[0], "")
     judge_model = args.judge_model or config.get("judge_model", "")
     judge_llm = load_policy(judge_model, device, args.dtype) if kind in registry.LLM_JUDGES and judge_model else None
     prompts, judges = registry.evaluation_task(data, args.split, kind, judge_llm, args.data_file)

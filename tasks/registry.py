@@ -26,6 +26,7 @@ from tasks import ifbench, ifeval, ifeval_train, rubric_world
 BENCHMARKS = {"ifeval": ifeval, "ifbench": ifbench}               # the paper's benchmarks: prompts and checkers
 DATA_JUDGES = {"rubric_world": "rule", "ifeval": "ifeval", "ifbench": "ifbench",
                "ifeval_train": "ifeval"}                          # each dataset's own judge
+HELD_OUT_BENCHMARKS = {"ifeval_train": ("ifeval", "ifbench")}     # a training set kept apart from these benchmarks
 JUDGES = ("rule", "ifeval", "ifbench", "llm", "hybrid")
 LLM_JUDGES = ("llm", "hybrid")                                       # the judges that ask a judge model
 

@@ -251,6 +251,21 @@ def test_a_checkpoint_is_evaluated_on_its_own_data_and_judge(tmp_path):
         evaluation.main(["--checkpoint", ckpt, "--split", "train"])
 
 
+def test_a_checkpoint_trained_on_ifeval_style_prompts_is_scored_on_the_benchmarks_they_were_kept_apart_from(
+        monkeypatch):
+    config = {"data": "ifeval_train", "judge": "ifeval", "policy": "smollm2"}
+    monkeypatch.setattr(evaluation, "read_checkpoint", lambda path: {"config": config})
+    monkeypatch.setattr(registry, "load_splits", lambda data: pytest.fail("built the training set"))
+    args = evaluation.EvalArgs(checkpoint="ckpt.pt", data="ifbench", split="all", limit=3)
+    prompts, judges, source = evaluation.resolve(args, "cpu")
+    assert len(prompts) == 3 and source["judge"] == "ifbench" and set(judges) == {"strict", "loose"}
+    assert type(judges["strict"]).__name__ == "IFBenchJudge"                     # the benchmark's judge, not its own
+    for data, split, message in (("rubric_world", "test", "or on ifeval or on ifbench, not on rubric_world"),
+                                 ("ifeval_train", "all", "prompts it trained on")):
+        with pytest.raises(SystemExit, match=message):
+            evaluation.resolve(evaluation.EvalArgs(checkpoint="ckpt.pt", data=data, split=split), "cpu")
+
+
 class Payload:
     """Unpickling this object runs code (here: it writes a file)."""
 
