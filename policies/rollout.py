@@ -12,8 +12,8 @@ Prompts.  encode_prompts() uses the tokenizer's chat template when it has one (r
           the toy tokenizer has none, so a toy prompt is <bos> + prompt words + <sep>.
 Sampling. A KV-cached loop over the model's forward: prompts are left-padded (position ids count real
           tokens only), every sequence stops at its own EOS and is padded after it. The cache is the library's
-          StaticCache, sized prompt + max_new_tokens and written in place, and the attention mask is built once:
-          a growing cache would copy every layer's keys and values at every step (quadratic in the length).
+          StaticCache, sized prompt + max_new_tokens and written in place (a sliding-window model keeps the
+          growing cache), and the attention mask is built once and sliced.
           Temperature, top-k and top-p as in HF generate, with top-p and the draw on top-k's k candidates;
           `generator` makes it reproducible. Special tokens other than EOS (pad,
           bos, unk, sep) are never sampled, and response_logprobs() scores tokens under that same
@@ -32,6 +32,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 from transformers import StaticCache
+from transformers.cache_utils import StaticLayer
 
 # Dimension legend (identical in every file):
 #   B prompts in the batch        G responses per prompt (group)     N = B*G responses, flattened
@@ -180,13 +181,11 @@ def _generate_batch(model, tokenizer, prompt_ids, group_size, max_new_tokens, te
     position_ids = positions(attention_mask)                                      # (B, P)
     out = model(input_ids=input_ids, attention_mask=attention_mask.long(), position_ids=position_ids,
                 use_cache=True, logits_to_keep=1)                                 # the LM head on the last position
-    cache = StaticCache(model.config, max_cache_len=input_ids.shape[1] + max_new_tokens)  # (N, heads, P + T, d)
-    for layer_idx, layer in enumerate(out.past_key_values.layers):                # the prompt's keys, G times each
-        cache.update(layer.keys.repeat_interleave(group_size, dim=0), layer.values.repeat_interleave(group_size, dim=0),
-                     layer_idx)
+    cache = repeated_cache(model, out.past_key_values, group_size, input_ids.shape[1] + max_new_tokens)
+    prompt_width = input_ids.shape[1]                                             # P
     logits = out.logits[:, -1].repeat_interleave(group_size, dim=0)               # (N, V)
     n_rows = len(prompt_ids) * group_size
-    future = torch.ones(n_rows, max_new_tokens, dtype=torch.bool, device=device)  # (N, T): the causal mask hides it
+    future = torch.ones(n_rows, max_new_tokens, dtype=torch.bool, device=device)  # (N, T): sliced in step by step
     attention_mask = torch.cat([attention_mask.repeat_interleave(group_size, dim=0), future], dim=1).long()  # (N, P+T)
     position_ids = position_ids[:, -1:].repeat_interleave(group_size, dim=0)      # (N, 1)
     suppress = suppressed_token_mask(tokenizer, model.config.vocab_size).to(device)  # (V,)
@@ -204,11 +203,29 @@ def _generate_batch(model, tokenizer, prompt_ids, group_size, max_new_tokens, te
         if bool(finished.all()) or t + 1 == max_new_tokens:
             break
         position_ids = position_ids + 1                                           # (N, 1)
-        out = model(input_ids=next_ids[:, None], attention_mask=attention_mask, position_ids=position_ids,
-                    past_key_values=cache, use_cache=True)                        # writes position P + t in place
+        out = model(input_ids=next_ids[:, None], attention_mask=attention_mask[:, :prompt_width + t + 1],
+                    position_ids=position_ids, past_key_values=cache, use_cache=True)  # one new position per row
+        cache = out.past_key_values
         logits = out.logits[:, -1]                                                # (N, V)
     shape = (len(prompt_ids), group_size, n_steps)
     return response_ids[:, :n_steps].reshape(shape), token_mask[:, :n_steps].reshape(shape)  # (B, G, T)
+
+
+def repeated_cache(model, prompt_cache, group_size: int, max_cache_len: int):
+    """The prompts' KV cache, each prompt's keys and values repeated for its G responses (prompt-major rows).
+
+    Full attention: transformers' StaticCache of max_cache_len positions, written in place at each step (a cache
+    that grows by concatenation copies every layer's keys and values at every step: quadratic in the length). A
+    model with sliding-window layers keeps the growing cache, whose window the library rolls itself
+    (tests/test_real_models.py checks both against a forward without cache)."""
+    static = StaticCache(model.config, max_cache_len=max_cache_len)
+    if any(type(layer) is not StaticLayer for layer in static.layers):           # a sliding-window layer
+        prompt_cache.batch_repeat_interleave(group_size)
+        return prompt_cache
+    for layer_idx, layer in enumerate(prompt_cache.layers):
+        static.update(layer.keys.repeat_interleave(group_size, dim=0), layer.values.repeat_interleave(group_size, dim=0),
+                      layer_idx)
+    return static
 
 
 # ----------------------------------------------------------------------------- log-probabilities

@@ -71,6 +71,32 @@ def test_chunked_generation_equals_one_batch(family):
     assert torch.equal(chunked[0][..., :width][whole[1]], whole[0][whole[1]])
 
 
+@pytest.mark.parametrize("attention", ["full", "sliding window"])
+def test_greedy_generation_is_the_argmax_of_forwards_without_a_cache(attention):
+    """The static cache (full attention) and the growing one (sliding-window layers, window 8 < the prompt) both
+    give, row by row, what a forward over the whole unpadded sequence gives."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    model, tokenizer = build_tiny_chat_model("llama", seed=4)
+    if attention == "sliding window":
+        config = MistralConfig(**{k: getattr(model.config, k) for k in (
+            "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "eos_token_id", "pad_token_id")}, sliding_window=8)
+        torch.manual_seed(4)
+        model = MistralForCausalLM(config).eval()
+    prompt_ids = rollout.encode_prompts(tokenizer, PROMPTS)                        # 2 prompts of unequal length
+    suppress = rollout.suppressed_token_mask(tokenizer, model.config.vocab_size)
+    with torch.no_grad():
+        response_ids, token_mask = rollout.generate(model, tokenizer, prompt_ids, 2, 10, greedy=True)
+        for b, prompt in enumerate(prompt_ids):
+            ids = list(prompt)
+            for t in range(int(token_mask[b, 0].sum())):
+                logits = model(input_ids=torch.tensor([ids])).logits[0, -1].masked_fill(suppress, -float("inf"))
+                assert int(logits.argmax()) == int(response_ids[b, 0, t]), (b, t)
+                ids.append(int(logits.argmax()))
+    assert min(len(p) for p in prompt_ids) > 8 and int(token_mask.sum()) > 10
+
+
 def test_prompts_per_chunk_respects_the_budget():
     assert rollout.prompts_per_chunk([5, 7], group_size=2, max_new_tokens=3, max_batch_tokens=40) == 2
     assert rollout.prompts_per_chunk([5, 7], group_size=2, max_new_tokens=3, max_batch_tokens=39) == 1
