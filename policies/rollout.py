@@ -223,8 +223,8 @@ def repeated_cache(model, prompt_cache, group_size: int, max_cache_len: int):
         prompt_cache.batch_repeat_interleave(group_size)
         return prompt_cache
     for layer_idx, layer in enumerate(prompt_cache.layers):
-        static.update(layer.keys.repeat_interleave(group_size, dim=0), layer.values.repeat_interleave(group_size, dim=0),
-                      layer_idx)
+        keys = layer.keys.repeat_interleave(group_size, dim=0)                   # (N, heads, P, d)
+        static.update(keys, layer.values.repeat_interleave(group_size, dim=0), layer_idx)
     return static
 
 
