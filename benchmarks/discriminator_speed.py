@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--policy", default="toy",
-                        help="toy (Rubric World) | smollm2 (IFEval, its built discriminator)")
+                        help="toy (Rubric World) | smollm2 (its preset's data and built discriminator)")
     parser.add_argument("--prompts", type=int, help="B (default: the preset's)")
     parser.add_argument("--group_size", type=int, help="G (default: the preset's)")
     parser.add_argument("--warm_start_steps", type=int, help="toy: override the policy's warm-start steps")

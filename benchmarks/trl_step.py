@@ -85,8 +85,8 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--max_new_tokens", type=int, default=64)
     parser.add_argument("--json", default="")
     args = parser.parse_args(argv)
-    flags = ["--prompts_per_step", str(args.prompts_per_step), "--group_size", str(args.group_size),
-             "--max_new_tokens", str(args.max_new_tokens)]
+    flags = ["--data", "ifeval", "--prompts_per_step", str(args.prompts_per_step), "--group_size",
+             str(args.group_size), "--max_new_tokens", str(args.max_new_tokens)]
     work = tempfile.mkdtemp(prefix="trl_step_")
     discriminator_dir = untrained_discriminator(os.path.join(work, "discriminator"))
     rtt_flags = ["--relevance", "discriminator", "--discriminator", discriminator_dir]

@@ -181,8 +181,8 @@ def _generate_batch(model, tokenizer, prompt_ids, group_size, max_new_tokens, te
     position_ids = positions(attention_mask)                                      # (B, P)
     out = model(input_ids=input_ids, attention_mask=attention_mask.long(), position_ids=position_ids,
                 use_cache=True, logits_to_keep=1)                                 # the LM head on the last position
-    cache = repeated_cache(model, out.past_key_values, group_size, input_ids.shape[1] + max_new_tokens)
     prompt_width = input_ids.shape[1]                                             # P
+    cache = repeated_cache(model, out.past_key_values, group_size, prompt_width + max_new_tokens)
     logits = out.logits[:, -1].repeat_interleave(group_size, dim=0)               # (N, V)
     n_rows = len(prompt_ids) * group_size
     future = torch.ones(n_rows, max_new_tokens, dtype=torch.bool, device=device)  # (N, T): sliced in step by step
@@ -217,9 +217,13 @@ def repeated_cache(model, prompt_cache, group_size: int, max_cache_len: int):
     Full attention: transformers' StaticCache of max_cache_len positions, written in place at each step (a cache
     that grows by concatenation copies every layer's keys and values at every step: quadratic in the length). A
     model with sliding-window layers keeps the growing cache, whose window the library rolls itself
-    (tests/test_real_models.py checks both against a forward without cache)."""
+    (tests/test_real_models.py checks both against a forward without cache), and so does generation under
+    autocast, whose keys and values come out in float32 or bf16 from one step to the next while a static layer
+    holds one dtype (tests/test_rollout.py)."""
     static = StaticCache(model.config, max_cache_len=max_cache_len)
-    if any(type(layer) is not StaticLayer for layer in static.layers):           # a sliding-window layer
+    sliding = any(type(layer) is not StaticLayer for layer in static.layers)
+    autocast = torch.is_autocast_enabled(prompt_cache.layers[0].keys.device.type)  # keys' and values' dtypes vary
+    if sliding or autocast:                                  # a static layer holds one window and one dtype
         prompt_cache.batch_repeat_interleave(group_size)
         return prompt_cache
     for layer_idx, layer in enumerate(prompt_cache.layers):

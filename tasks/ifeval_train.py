@@ -154,7 +154,8 @@ def draw_constraint_types(rng: random.Random, types: list[str], conflicts: dict,
 def draw_rubric(instruction_id: str, text_so_far: str, fixed_args: dict, draw_key: str) -> dict:
     """One rubric: the checker draws its own arguments (unless pinned) under `random` seeded by draw_key; the
     stored description is the one ifeval.describe gives for those arguments, so judge and prompt agree."""
-    checker = ifeval.library()[0][instruction_id](instruction_id)
+    registry, _, _ = ifeval.library()
+    checker = registry[instruction_id](instruction_id)
     args = dict(fixed_args.get(instruction_id, {}))
     if instruction_id in PROMPT_READING:
         args[PROMPT_READING[instruction_id]] = text_so_far

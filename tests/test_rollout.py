@@ -181,13 +181,14 @@ def growing_cache_generate(model, tokenizer, prompt_ids, group_size, max_new_tok
     return torch.stack(rows, dim=-1).reshape(len(prompt_ids), group_size, -1)   # (B, G, T)
 
 
-@pytest.mark.parametrize("top_p", [1.0, 0.9])
-def test_the_toy_samples_what_the_growing_cache_loop_sampled(toy, top_p):
-    """Without top-k (the toy's decoding) the static cache and the sampler's new path change no sampled token."""
+@pytest.mark.parametrize("top_p, autocast", [(1.0, False), (0.9, False), (1.0, True)])
+def test_the_toy_samples_what_the_growing_cache_loop_sampled(toy, top_p, autocast):
+    """Without top-k (the toy's decoding) the static cache and the sampler's new path change no sampled token; under
+    bf16 autocast (train.py's amp on a GPU: float32 keys after rotary, bf16 values) generation runs as before."""
     model, tokenizer, prompt_ids = toy
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         before = growing_cache_generate(model, tokenizer, prompt_ids, 8, MAX_NEW, top_p, torch.Generator().manual_seed(5))
-    response_ids, _ = sample(toy, seed=5, group_size=8, top_p=top_p)
+        response_ids, _ = sample(toy, seed=5, group_size=8, top_p=top_p)
     assert response_ids.shape[-1] > 3 and torch.equal(response_ids, before[..., :response_ids.shape[-1]])
 
 
