@@ -30,6 +30,7 @@ import difflib
 import json
 import math
 import os
+import re
 import shutil
 from typing import Callable
 
@@ -52,13 +53,18 @@ INFERENCE_BATCH_TOKENS = 4096
 
 # ============================================================================ model, save, load
 def build_toy_discriminator(tokenizer, backbone: str = "bidirectional", hidden: int = 64, layers: int = 2,
-                            heads: int = 4, intermediate: int = 128, max_len: int = 256, seed: int = 0):
+                            heads: int = 4, intermediate: int = 128, max_len: int = 256, seed: int = 0,
+                            word_match: bool = False):
     """A tiny token classifier (1 logit per token) over `tokenizer`'s vocabulary, built from a config. DEVIATION(5)
 
     backbone "causal": a Llama (left context only; needs the end-of-sequence token in the response).
     backbone "bidirectional": a BERT encoder (every token sees the whole sequence).
+    word_match: the encoder also reads, as BERT's token type, which response tokens spell a word of the rubric's
+    text (word_match_marks); saved in the config ("rtt_word_match"), so inference computes the same input.
     Dropout is 0: the model is tiny, trained briefly, and inference must be deterministic.
     """
+    if word_match and backbone != "bidirectional":
+        raise ValueError("word_match is read through BERT's token types: it needs backbone 'bidirectional'")
     torch.manual_seed(seed)
     common = dict(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_labels=1,
                   num_attention_heads=heads, intermediate_size=intermediate, pad_token_id=tokenizer.pad_token_id)
@@ -69,6 +75,7 @@ def build_toy_discriminator(tokenizer, backbone: str = "bidirectional", hidden: 
                             attention_probs_dropout_prob=0.0, classifier_dropout=0.0, **common)
     else:
         raise ValueError(f"unknown backbone {backbone!r}; choose 'causal' or 'bidirectional'")
+    config.rtt_word_match = word_match
     return AutoModelForTokenClassification.from_config(config)
 
 
@@ -125,12 +132,42 @@ def prefix_ids(tokenizer, description: str) -> list[int]:
     return ([start] if start is not None else []) + list(ids)
 
 
-def encode_pairs(tokenizer, descriptions: list[str], responses: list[list[int]], prefixes: dict | None = None):
+WORD = re.compile(r"[^\W_]+")                  # a word: a run of letters and digits
+
+
+def word_match_marks(tokenizer, description: str, response: list[int]) -> list[int]:
+    """1 on every response token that spells part of a word the rubric's text also contains (case-insensitive),
+    else 0. The exact-match feature of reading-comprehension models: a keyword rubric is about the places its words
+    occur, and a small encoder trained on a few thousand pairs does not learn to find them by attention alone.
+    A word may span several tokens (" kale" "idos" "cope"): each of them is marked."""
+    words = set(WORD.findall(description.lower()))
+    decode = dict(skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    singles = tokenizer.batch_decode([[token] for token in response], **decode)
+    pairs = tokenizer.batch_decode([response[t - 1:t + 1] for t in range(1, len(response))], **decode)
+    # token t's characters: what decoding it after token t − 1 adds (its leading space included, for any tokenizer)
+    pieces = [piece.lower() for piece in singles[:1] + [pair[len(single):] for pair, single in zip(pairs, singles)]]
+    owner = [t for t, piece in enumerate(pieces) for _ in piece]                  # character -> its token
+    marks = [0] * len(response)
+    for match in WORD.finditer("".join(pieces)):
+        if match.group() in words:
+            for character in range(match.start(), match.end()):
+                marks[owner[character]] = 1
+    return marks
+
+
+def reads_word_match(model) -> bool:
+    """Was this discriminator built to read word_match_marks (build_toy_discriminator(word_match=True))?"""
+    return bool(getattr(model.config, "rtt_word_match", False))
+
+
+def encode_pairs(tokenizer, descriptions: list[str], responses: list[list[int]], prefixes: dict | None = None,
+                 word_match: bool = False):
     """M (rubric description, response token ids) pairs -> one right-padded batch of discriminator inputs.
     `prefixes` (description -> prefix_ids) is a cache callers may share across batches.
 
     Shapes:  input_ids, attention_mask (M, L) long: [instruction + criteria] [response] [pad ...];
-             starts (M,) long: position of the first response token;  lengths (M,) long: response tokens"""
+             starts (M,) long: position of the first response token;  lengths (M,) long: response tokens;
+             token_type_ids (M, L) long: word_match_marks on the response, 0 elsewhere (None without word_match)"""
     if len(descriptions) != len(responses):
         raise ValueError(f"{len(descriptions)} rubric descriptions but {len(responses)} responses")
     prefixes = {} if prefixes is None else prefixes
@@ -144,15 +181,22 @@ def encode_pairs(tokenizer, descriptions: list[str], responses: list[list[int]],
     input_ids = torch.tensor([row + [pad] * (width - len(row)) for row in rows])               # (M, L)
     attention_mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])  # (M, L)
     starts = torch.tensor([len(prefixes[d]) for d in descriptions])                          # (M,)
-    return input_ids, attention_mask, starts, torch.tensor([len(r) for r in responses])      # lengths (M,)
+    token_type_ids = None
+    if word_match:
+        marks = [[0] * len(prefixes[d]) + word_match_marks(tokenizer, d, r) for d, r in zip(descriptions, responses)]
+        token_type_ids = torch.tensor([row + [0] * (width - len(row)) for row in marks])    # (M, L)
+    return input_ids, attention_mask, starts, torch.tensor([len(r) for r in responses]), token_type_ids
 
 
-def response_logits(model, input_ids, attention_mask, starts, lengths, width: int) -> torch.Tensor:
+def response_logits(model, input_ids, attention_mask, starts, lengths, token_type_ids, width: int) -> torch.Tensor:
     """One forward pass; the logits of the response positions only, left-aligned to `width` columns.
 
-    Shapes:  input_ids, attention_mask (M, L);  starts, lengths (M,)  ->  (M, width) float, 0 past lengths"""
+    Shapes:  input_ids, attention_mask, token_type_ids or None (M, L);  starts, lengths (M,)
+             ->  (M, width) float, 0 past lengths"""
     device = next(model.parameters()).device
-    logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits[..., 0]  # (M, L)
+    extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids.to(device)}
+    logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                   **extra).logits[..., 0]                                        # (M, L)
     cols = torch.arange(width, device=device)                                     # (width,)
     positions = (starts.to(device)[:, None] + cols).clamp(max=input_ids.shape[1] - 1)  # (M, width)
     valid = cols < lengths.to(device)[:, None]                                    # (M, width)
@@ -202,7 +246,8 @@ def pair_probabilities(model, tokenizer, descriptions: list[str], responses: lis
     model.eval()
     while start < len(order):
         chunk = order[start:start + max(1, max_tokens_per_batch // totals[order[start]])]
-        batch = encode_pairs(tokenizer, [descriptions[i] for i in chunk], [responses[i] for i in chunk], prefixes)
+        batch = encode_pairs(tokenizer, [descriptions[i] for i in chunk], [responses[i] for i in chunk], prefixes,
+                             reads_word_match(model))
         probs = torch.sigmoid(response_logits(model, *batch, width=int(batch[3].max()))).cpu()  # (M_chunk, width)
         for row, i in enumerate(chunk):
             out[i] = probs[row, :len(responses[i])]
@@ -340,10 +385,11 @@ def train_discriminator(model, tokenizer, examples: list[dict], steps: int = 100
     prefixes = {}
     for step in range(steps):
         batch = [examples[i] for i in torch.randint(len(examples), (batch_size,), generator=generator).tolist()]
-        input_ids, attention_mask, starts, lengths = encode_pairs(
-            tokenizer, [e["description"] for e in batch], [e["response_ids"] for e in batch], prefixes)
+        input_ids, attention_mask, starts, lengths, token_type_ids = encode_pairs(
+            tokenizer, [e["description"] for e in batch], [e["response_ids"] for e in batch], prefixes,
+            reads_word_match(model))
         width = int(lengths.max())
-        logits = response_logits(model, input_ids, attention_mask, starts, lengths, width)  # (M, width)
+        logits = response_logits(model, input_ids, attention_mask, starts, lengths, token_type_ids, width)  # (M, width)
         loss = bce_on_response(logits, label_matrix(batch, width), lengths)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -26,7 +26,8 @@ Interval. 95% normal-approximation interval over PROMPTS, the independent units 
           and p_b passes for prompt b, the accuracy is the ratio r = Σ_b p_b / Σ_b n_b and its standard
           error by the delta method is  se = sqrt(Σ_b (p_b − r·n_b)² / (B·(B − 1))) / mean_b(n_b)  — with
           equal n_b this is the usual std of the per-prompt accuracies / sqrt(B). Interval r ± 1.96·se,
-          clipped to [0, 1]; with fewer than 2 prompts nothing is known about the spread: [0, 1].
+          clipped to [0, 1]; with fewer than 2 prompts nothing is known about the spread: [0, 1]. Two evaluations
+          of the same prompts (--compare) are compared paired: the same formula on the per-prompt differences.
 
 Additions:  the paper reports no intervals; we do. Rubric World is scored by rule checkers (deviation 5).
 
@@ -34,6 +35,7 @@ Demo:     python eval.py                                             # warm-star
           python eval.py --checkpoint out/toy/ckpt.pt --json out/eval.json
           python eval.py --data ifeval --split all --policy smollm2  # a benchmark (ifeval, ifbench), strict and loose
           python eval.py --data ifeval --split all --responses answers.jsonl   # score responses, no generation
+          python eval.py --compare before.items.jsonl after.items.jsonl       # after − before, paired by prompt
 """
 
 import math
@@ -61,6 +63,21 @@ Z_95 = 1.959964                                  # two-sided 95% quantile of the
 
 
 # ----------------------------------------------------------------------------- statistics
+def ratio_se(passed: torch.Tensor, total: torch.Tensor) -> tuple[float, float]:
+    """Pooled ratio r = Σ passed / Σ total and its standard error over prompts (delta method, see card); se is nan
+    with fewer than 2 prompts. Shapes: passed (B,) float, total (B,) float > 0."""
+    if passed.dim() != 1 or passed.shape != total.shape or bool((total <= 0).any()):
+        raise ValueError(f"need passed (B,) and total (B,) > 0, got {tuple(passed.shape)} and {tuple(total.shape)}")
+    passed = passed.double()
+    total = total.double()
+    ratio = float(passed.sum() / total.sum())                                    # r
+    n_prompts = passed.shape[0]
+    if n_prompts < 2:
+        return ratio, math.nan
+    residual = passed - ratio * total                                            # (B,)  p_b − r·n_b
+    return ratio, math.sqrt(float((residual ** 2).sum()) / (n_prompts * (n_prompts - 1))) / float(total.mean())
+
+
 def ratio_ci95(passed: torch.Tensor, total: torch.Tensor) -> tuple[float, list[float]]:
     """Pooled accuracy r = Σ passed / Σ total and its 95% interval over prompts (delta method, see card).
 
@@ -71,17 +88,29 @@ def ratio_ci95(passed: torch.Tensor, total: torch.Tensor) -> tuple[float, list[f
     >>> ratio_ci95(torch.tensor([2., 2.]), torch.tensor([2., 2.]))
     (1.0, [1.0, 1.0])
     """
-    if passed.dim() != 1 or passed.shape != total.shape or bool((total <= 0).any()):
-        raise ValueError(f"need passed (B,) and total (B,) > 0, got {tuple(passed.shape)} and {tuple(total.shape)}")
-    passed = passed.double()
-    total = total.double()
-    ratio = float(passed.sum() / total.sum())                                    # r
-    n_prompts = passed.shape[0]
-    if n_prompts < 2:
+    ratio, se = ratio_se(passed, total)
+    if math.isnan(se):
         return ratio, [0.0, 1.0]
-    residual = passed - ratio * total                                            # (B,)  p_b − r·n_b
-    se = math.sqrt(float((residual ** 2).sum()) / (n_prompts * (n_prompts - 1))) / float(total.mean())
     return ratio, [max(0.0, ratio - Z_95 * se), min(1.0, ratio + Z_95 * se)]
+
+
+def difference_ci95(after: torch.Tensor, before: torch.Tensor, total: torch.Tensor) -> tuple[float, list[float]]:
+    """Paired difference of two accuracies on the same prompts, Δ = Σ (a_b − p_b) / Σ n_b, and its 95% interval over
+    prompts: the delta method of the card applied to the per-prompt differences a_b − p_b, so the prompts' shared
+    difficulty cancels (an unpaired interval would add both accuracies' spreads).
+
+    Shapes:  after (B,), before (B,) passes, total (B,) > 0  ->  (Δ, [lo, hi]) within [−1, 1]
+
+    >>> after = torch.tensor([1., 1., 0., 1.])
+    >>> before = torch.tensor([0., 1., 0., 1.])                                   # one prompt of 4 gained
+    >>> difference, interval = difference_ci95(after, before, torch.ones(4))
+    >>> difference, [round(end, 3) for end in interval]
+    (0.25, [-0.24, 0.74])
+    """
+    difference, se = ratio_se(after - before, total)
+    if math.isnan(se):
+        return difference, [-1.0, 1.0]
+    return difference, [max(-1.0, difference - Z_95 * se), min(1.0, difference + Z_95 * se)]
 
 
 def verdicts(prompts: list[dict], responses: list[list[str]], judge) -> list[torch.Tensor]:
@@ -201,6 +230,50 @@ def item_rows(prompts: list[dict], texts: dict[str, list], judges: dict) -> list
             for b, p in enumerate(prompts)]
 
 
+def item_passes(rows: list[dict], judge: str, decoding: str) -> torch.Tensor:
+    """Per prompt of an --items file, for one judge and decoding: (B, 4) float64 columns = responses passing every
+    rubric, responses, passing (response, rubric) pairs, pairs."""
+    table = []
+    for row in rows:
+        votes = [response[judge] for response in row["responses"] if response["decoding"] == decoding]   # (G_b, K_b)
+        if not votes:
+            raise ValueError(f"prompt {row['id']!r} has no {decoding} responses")
+        table.append([sum(all(v) for v in votes), len(votes), sum(map(sum, votes)), sum(map(len, votes))])
+    return torch.tensor(table, dtype=torch.float64)
+
+
+def compare_items(before: list[dict], after: list[dict]) -> dict:
+    """After − before, paired by prompt, from two --items files: {judge: {decoding: {"instruction_accuracy": Δ,
+    "instruction_accuracy_ci95", "rubric_accuracy", "rubric_accuracy_ci95", and each side's accuracy and interval
+    as "before_…" / "after_…"}}} for every judge and decoding both files hold. ValueError unless the files hold the
+    same prompts, rubrics and response counts: a difference over other data would be a wrong number."""
+    if not before or [row["id"] for row in before] != [row["id"] for row in after]:
+        raise ValueError(f"the two files hold different prompts ({len(before)} and {len(after)} rows): compare "
+                         "evaluations of the same --data, --split and --limit")
+    for row_before, row_after in zip(before, after):
+        if row_before["rubrics"] != row_after["rubrics"]:
+            raise ValueError(f"prompt {row_before['id']!r} has other rubrics in the two files")
+    held = [[(name, response["decoding"]) for response in rows[0]["responses"] for name in response
+             if name not in ("decoding", "text")] for rows in (before, after)]
+    report = {}
+    for judge, decoding in sorted(set(held[0]) & set(held[1]), key=held[0].index):     # in the first file's order
+        counts_before = item_passes(before, judge, decoding)
+        counts_after = item_passes(after, judge, decoding)
+        if not torch.equal(counts_before[:, 1::2], counts_after[:, 1::2]):
+            raise ValueError(f"the two files hold different numbers of {decoding} responses for some prompts")
+        cell = {}
+        for level, column in (("instruction_accuracy", 0), ("rubric_accuracy", 2)):
+            total = counts_after[:, column + 1]
+            cell[level], cell[level + "_ci95"] = difference_ci95(counts_after[:, column], counts_before[:, column],
+                                                                 total)
+            for side, counts in (("before", counts_before), ("after", counts_after)):
+                cell[f"{side}_{level}"], cell[f"{side}_{level}_ci95"] = ratio_ci95(counts[:, column], total)
+        report.setdefault(judge, {})[decoding] = cell
+    if not report:
+        raise ValueError("the two files share no judge and decoding")
+    return report
+
+
 # ----------------------------------------------------------------------------- command line
 def arg(default, help: str):
     return field(default=default, metadata={"help": help})
@@ -213,7 +286,7 @@ class HelpFormatter(ArgumentDefaultsHelpFormatter):
     def _get_help_string(self, action):
         if action.option_strings and action.option_strings[0] == f"--no_{action.dest}":
             return f"the same as --{action.dest} False"
-        if action.default == "":
+        if action.default in ("", []):
             return action.help
         return super()._get_help_string(action)
 
@@ -241,6 +314,10 @@ class EvalArgs:
     max_batch_tokens: int = arg(16384, "sequence positions per generation chunk")
     device: str = arg("auto", "auto (cuda > mps > cpu) | cpu | cuda | mps")
     dtype: str = arg("auto", "auto | float32 | bfloat16")
+    compare: list[str] = field(default_factory=list, metadata={
+        "metavar": "ITEMS",
+        "help": "BEFORE AFTER: two --items files of the same prompts; print after − before, paired by prompt, with "
+                "95%% intervals (nothing is generated or re-scored; --limit n: their first n prompts)"})
 
 
 def resolve(args: EvalArgs, device: str) -> tuple[list[dict], dict, dict]:
@@ -274,11 +351,50 @@ def print_table(result: dict, judges: list[str]) -> None:
               f"{r['n_responses']:9d} | {sum(r['checker_errors'].values())} {r['checker_errors'] or ''}")
 
 
+def print_comparison(report: dict) -> None:
+    def cell_text(value: float, interval: list[float], sign: str = "") -> str:
+        return f"{value:{sign}.3f} [{interval[0]:{sign}.3f}, {interval[1]:{sign}.3f}]"
+
+    print(f"{'judge / decoding':>18} | {'level':>11} | {'before [95% CI]':>21} | {'after [95% CI]':>21} | "
+          f"{'after − before [95% CI]':>24}")
+    for name, by_mode in report.items():
+        for mode, cell in by_mode.items():
+            for level in ("instruction", "rubric"):
+                key = f"{level}_accuracy"
+                sides = [cell_text(cell[f"{side}_{key}"], cell[f"{side}_{key}_ci95"]) for side in ("before", "after")]
+                change = cell_text(cell[key], cell[key + "_ci95"], "+")
+                print(f"{name + ' / ' + mode:>18} | {level:>11} | {sides[0]:>21} | {sides[1]:>21} | {change:>24}")
+
+
+def compare_files(args: "EvalArgs") -> dict:
+    """--compare BEFORE AFTER: the paired differences of two --items files, printed and written to --json."""
+    if len(args.compare) != 2:
+        raise SystemExit(f"--compare takes two --items files, BEFORE AFTER; got {len(args.compare)}")
+    if args.checkpoint or args.responses:
+        raise SystemExit("--compare reads two --items files; it does not take --checkpoint or --responses")
+    try:
+        report = compare_items(*(read_jsonl(path)[:args.limit or None] for path in args.compare))
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"cannot compare {' and '.join(args.compare)}: {error}") from error
+    except (KeyError, TypeError, IndexError) as error:
+        raise SystemExit(f"cannot compare {' and '.join(args.compare)}: not eval.py --items files "
+                         f"({type(error).__name__}: {error})") from error
+    result = {"before": args.compare[0], "after": args.compare[1], "limit": args.limit, **report}
+    print(f"{args.compare[1]} − {args.compare[0]}, paired by prompt{f', first {args.limit}' if args.limit else ''}")
+    print_comparison(report)
+    if args.json:
+        write_json(args.json, result)
+        print(f"wrote {args.json}")
+    return result
+
+
 def main(argv: list[str]) -> dict:
     try:
         (args,) = HfArgumentParser(EvalArgs, formatter_class=HelpFormatter).parse_args_into_dataclasses(args=argv)
     except ValueError as error:                                                  # an unknown flag, a typo
         raise SystemExit(f"{error} (python eval.py --help lists every flag)") from error
+    if args.compare:
+        return compare_files(args)
     if args.checkpoint and args.responses:
         raise SystemExit("give --checkpoint (generate and score) or --responses (score), not both")
     start = time.time()

@@ -67,10 +67,10 @@ PRESETS = {
     "toy": dict(relevance_threshold=0.5, eos_token_advantage=False),
     # SmolLM2-135M-Instruct on 4,000 prompts in IFEval's style that are not IFEval's (tasks/ifeval_train.py, built on
     # first use), IFEval's checkers; IFEval and IFBench stay held out for eval.py. Its discriminator is built on first
-    # use (its own responses, minimal edits found by checker search: relevance/build.py). A CPU runs it, slowly.
+    # use (its own responses, minimal edits found by checker search: relevance/build.py). About an hour on 2 CPU cores.
     "smollm2": dict(policy="smollm2", data="ifeval_train", judge="ifeval", relevance="discriminator", group_size=4,
-                    prompts_per_step=2, max_steps=50, lr=1e-6, warmup_steps=20, max_new_tokens=128,
-                    temperature=0.99, top_p=0.99, top_k=100, max_batch_tokens=16384, eval_every=25,
+                    prompts_per_step=2, max_steps=60, lr=1e-6, warmup_steps=20, max_new_tokens=128,
+                    temperature=0.99, top_p=0.99, top_k=100, max_batch_tokens=16384, eval_every=20,
                     eval_prompts=16, eval_samples=2, out_dir="out/smollm2"),
     # METHOD.md §8, the authors' run: any hub policy via --policy, a GPU with bf16 assumed; needs --data.
     "paper": dict(policy="Qwen/Qwen3-4B-Instruct-2507", data="", judge="hybrid", group_size=8, prompts_per_step=64,

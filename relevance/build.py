@@ -34,6 +34,7 @@ from discriminator import (INSTRUCTION, META_FILE, build_toy_discriminator, chec
                            load_discriminator, save_discriminator, train_discriminator, vocab_fingerprint)
 from policies.loading import load_policy
 from policies.rollout import encode_prompts, generate
+from relevance import reference_answers
 from relevance.checker_edits import MAX_CALLS, checker_examples
 from relevance.report import (heatmap_html, heatmap_terminal, held_out_report, real_heatmap_example,
                               rubric_world_report, save_heatmap_png, summary_table)
@@ -125,11 +126,24 @@ def policy_responses(model, tokenizer, prompts: list[dict], recipe: dict, seed: 
             zip(response_ids, token_mask)]
 
 
+def reference_pairs(train_prompts: list[dict], held_out: list[dict], tokenizer, checkers: dict,
+                    recipe: dict) -> tuple[list[dict], dict]:
+    """Minimal pairs of responses the policy did not write (relevance/reference_answers.py), labelled by checker
+    search as the policy's are: the reference answers to the training prompts whose base task no held-out prompt
+    shares (a held-out prompt's task is never read in training, not even answered by another model).
+    Returns (examples, coverage per rubric type), as checker_examples."""
+    held_out_tasks = {reference_answers.base_task_of(p) for p in held_out}
+    prompts = [p for p in train_prompts if reference_answers.base_task_of(p) not in held_out_tasks]
+    responses = reference_answers.reference_responses(prompts, tokenizer, recipe["max_new_tokens"])
+    return checker_examples(prompts, responses, tokenizer, checkers, recipe["max_calls"], "label reference pairs")
+
+
 def encoder_for(policy_model, tokenizer, recipe: dict):
     """The recipe's token classifier over the policy's vocabulary; "policy_pca": word embeddings start from the
     top principal directions of the policy's own input embeddings (token similarity the policy already learnt)."""
     model = build_toy_discriminator(tokenizer, recipe["backbone"], recipe["hidden"], recipe["layers"], recipe["heads"],
-                                    recipe["intermediate"], max_len=1024, seed=recipe["seed"])
+                                    recipe["intermediate"], max_len=1024, seed=recipe["seed"],
+                                    word_match=recipe.get("word_match", False))
     if recipe["init"] == "policy_pca":
         weights = policy_model.get_input_embeddings().weight.detach().float()[:len(tokenizer)]   # (V, H_policy)
         centred = weights - weights.mean(dim=0)
@@ -172,9 +186,10 @@ def build_real_discriminator(policy: str, data: str, out_dir: str = "", recipe: 
     held_out_responses = policy_responses(model, tokenizer, held_out, recipe, recipe["seed"] + 1)
     timings["sample_s"] = time.time() - tic
     tic = time.time()
-    examples, coverage = checker_examples(train_prompts, train_responses, tokenizer, checkers, recipe["max_calls"])
+    examples, coverage = checker_examples(train_prompts, train_responses, tokenizer, checkers, recipe["max_calls"],
+                                          "label training pairs")
     held_out_examples, held_out_coverage = checker_examples(held_out, held_out_responses, tokenizer, checkers,
-                                                            recipe["max_calls"])
+                                                            recipe["max_calls"], "label held-out pairs")
     timings["label_s"] = time.time() - tic
     tic = time.time()
     if not examples:

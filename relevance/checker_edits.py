@@ -24,6 +24,8 @@ put in), the original side's is not.
 from collections import defaultdict
 from typing import Callable, Iterator
 
+from tqdm import tqdm
+
 from discriminator import make_example, token_diff_labels
 
 MAX_CALLS = 600                  # checker calls per (response, rubric): bounds the search (IFEval's slowest, the
@@ -104,15 +106,17 @@ def put_candidates(tokenizer, rubric: dict) -> list[list[int]]:
 
 
 def checker_examples(prompts: list[dict], responses: list[list[list[int]]], tokenizer, checkers: dict,
-                     max_calls: int = MAX_CALLS) -> tuple[list[dict], dict]:
+                     max_calls: int = MAX_CALLS, progress: str = "") -> tuple[list[dict], dict]:
     """Minimal pairs of a policy's responses, labelled by checker search: (examples, {rubric type: counts}).
 
     responses[b][g]: token ids of a response to prompts[b], its end-of-sequence token last when it has one.
     Counts per type: pairs, token_labels (an edit flipped the verdict), whole (no edit within max_calls did),
-    crashed (the checker raised: the pair is skipped), no_checker, empty (an empty response is skipped), calls."""
+    crashed (the checker raised: the pair is skipped), no_checker, empty (an empty response is skipped), calls.
+    `progress`: a tqdm bar over the prompts with this title (none when empty)."""
     examples = []
     stats = defaultdict(lambda: defaultdict(int))
-    for prompt, group in zip(prompts, responses):
+    pairs = zip(prompts, responses)
+    for prompt, group in tqdm(pairs, desc=progress, total=len(prompts), unit="prompt") if progress else pairs:
         for ids in group:
             tail = int(bool(ids) and ids[-1] == tokenizer.eos_token_id)
             text_of = lambda e: tokenizer.decode(e[:len(e) - tail], skip_special_tokens=True)  # noqa: E731

@@ -116,3 +116,45 @@ def test_a_dataset_without_checkers_asks_for_an_llm_labelled_discriminator(tiny_
     (tmp_path / "llm_only.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     with pytest.raises(ValueError, match="no rubric of .* has a rule checker"):
         build.build_real_discriminator(policy_dir, str(tmp_path / "llm_only.jsonl"))
+
+
+# ----------------------------------------------------------------------------- reference answers as pairs
+def test_reference_answers_ship_for_every_base_task_of_the_training_prompts():
+    from relevance import reference_answers
+    from tasks import ifeval_train
+    answers = reference_answers.reference_answers()
+    tasks = ifeval_train.base_tasks()
+    missing = [t for t in tasks if (t["source"], t["id"]) not in answers]
+    assert not missing and len(tasks) == 825
+    per_source = {s: sum(len(answers[t["source"], t["id"]]) for t in tasks if t["source"] == s)
+                  for s in reference_answers.ANSWER_FILES}
+    assert per_source["alpaca_eval"] == 743 and per_source["arena_hard_creative"] > 82      # two models each
+    with pytest.raises(ValueError, match="not an IFEval-style training prompt"):
+        reference_answers.base_task_of({"id": "1000"})                           # an IFEval benchmark id
+
+
+def test_reference_responses_are_cut_to_the_policy_length_and_only_whole_ones_end_the_sequence():
+    from relevance import reference_answers
+    _, tok = build_tiny_chat_model("qwen2")
+    answers = {("alpaca_eval", "7"): ["the boat sails near the harbour"], ("arena_hard_creative", "u1"): ["a", "b c"]}
+    prompts = [{"id": "alpaca_eval/7/0"}, {"id": "arena_hard_creative/u1/3"}, {"id": "alpaca_eval/8/0"}]
+    responses = reference_answers.reference_responses(prompts, tok, 3, answers)
+    full = tok("the boat sails near the harbour", add_special_tokens=False)["input_ids"]
+    assert len(full) > 3 and responses[0] == [full[:3]]                          # cut: no end of sequence
+    assert responses[1] == [tok("a", add_special_tokens=False)["input_ids"] + [tok.eos_token_id],
+                            tok("b c", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]]
+    assert responses[2] == []                                                    # no answer for that task
+
+
+def test_reference_pairs_never_read_a_task_a_held_out_prompt_asks(monkeypatch):
+    from relevance import reference_answers
+    _, tok = build_tiny_chat_model("qwen2")
+    answers = {("alpaca_eval", "1"): ["no commas here"], ("alpaca_eval", "2"): ["one, two"]}
+    monkeypatch.setattr(reference_answers, "reference_answers", lambda: answers)
+    rubric = {"type": "punctuation:no_comma", "args": {}, "description": "Do not use any commas."}
+    train_prompts = [{"id": "alpaca_eval/1/0", "rubrics": [rubric]}, {"id": "alpaca_eval/2/0", "rubrics": [rubric]}]
+    held_out = [{"id": "alpaca_eval/2/1", "rubrics": [rubric]}]                  # task 2 again, other constraints
+    checkers = {"punctuation:no_comma": lambda text: "," not in text}
+    examples, coverage = build.reference_pairs(train_prompts, held_out, tok, checkers, build.REAL_RECIPE)
+    assert {e["prompt_id"] for e in examples} == {"alpaca_eval/1/0"} and coverage["punctuation:no_comma"]["pairs"] == 1
+    assert {e["side"] for e in examples} == {"positive", "negative"}             # both sides of the minimal pair

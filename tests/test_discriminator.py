@@ -2,10 +2,11 @@
 
 
 import random
+import re
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForTokenClassification, PreTrainedTokenizerFast, Qwen2Config
 
 import discriminator as disc
@@ -20,8 +21,13 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def models_by_backbone(tokenizer):
-    return {b: disc.build_toy_discriminator(tokenizer, backbone=b, hidden=16, layers=1, heads=2, seed=1).eval()
-            for b in ("causal", "bidirectional")}
+    models = {b: disc.build_toy_discriminator(tokenizer, backbone=b, hidden=16, layers=1, heads=2, seed=1).eval()
+              for b in ("causal", "bidirectional")}
+    models["word_match"] = disc.build_toy_discriminator(tokenizer, hidden=16, layers=1, heads=2, seed=1,
+                                                        word_match=True).eval()
+    with torch.no_grad():                     # token type 1 must change the output for the tests below to see it
+        models["word_match"].bert.embeddings.token_type_embeddings.weight[1].normal_()
+    return models
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +55,17 @@ def slow_relevance(model, tokenizer, prompts, response_ids, token_mask):
                 if not response:
                     continue
                 prefix = disc.prefix_ids(tokenizer, rubric["description"])
+                extra = {}
+                if disc.reads_word_match(model):
+                    marks = disc.word_match_marks(tokenizer, rubric["description"], response)
+                    extra["token_type_ids"] = torch.tensor([[0] * len(prefix) + marks])
                 with torch.no_grad():
-                    logits = model(input_ids=torch.tensor([prefix + response])).logits[0, :, 0]
+                    logits = model(input_ids=torch.tensor([prefix + response]), **extra).logits[0, :, 0]
                 out[b, g, k, :len(response)] = torch.sigmoid(logits[len(prefix):])
     return out
 
 
-@pytest.mark.parametrize("backbone", ["causal", "bidirectional"])
+@pytest.mark.parametrize("backbone", ["causal", "bidirectional", "word_match"])
 def test_batched_relevance_equals_one_pair_at_a_time(models_by_backbone, tokenizer, batch, backbone):
     model = models_by_backbone[backbone]
     weights = disc.relevance(model, tokenizer, *batch)
@@ -126,6 +136,50 @@ def bpe_tokenizer():
     corpus = ["the boat sails over the waves", "a storm hits the harbour", "boats and sailors sing"] * 20
     backend.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=60, special_tokens=["<pad>", "<unk>", "<eos>"]))
     return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", eos_token="<eos>")
+
+
+def byte_level_tokenizer():
+    """A tiny byte-level BPE tokenizer (SmolLM2's, Llama 3's and Qwen's kind: a token carries its leading space)."""
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    corpus = ["the boat sails over the waves", "a storm hits the harbour", "boats and sailors sing"] * 20
+    backend.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<eos>"],
+                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>")
+
+
+@pytest.mark.parametrize("kind", ["byte-level BPE", "word-level"])
+def test_word_match_marks_every_piece_of_a_rubric_word_and_nothing_else(kind, tokenizer):
+    """Against a slow reading: token t owns the characters decoding the first t + 1 tokens adds; it is marked iff
+    they overlap a word whose lowercase form the rubric's text holds. A word in any case and cut into any pieces is
+    marked whole; a longer word containing it ("boats" for "boat"), punctuation and the end of sequence are not."""
+    tok = byte_level_tokenizer() if kind == "byte-level BPE" else tokenizer      # Rubric World's word vocabulary
+    text = "A Storm hits the kaleidoscope, boats!" if kind == "byte-level BPE" else "river stone river sun"
+    ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    rubric = 'Include the keywords "Kaleidoscope", "storm", "boat" and "river".'
+    rubric_words = {"include", "the", "keywords", "kaleidoscope", "storm", "boat", "and", "river"}
+    ends = [len(tok.decode(ids[:t + 1], skip_special_tokens=True)) for t in range(len(ids))]
+    decoded = tok.decode(ids, skip_special_tokens=True)
+    spans = [m.span() for m in re.finditer(r"[A-Za-z]+", decoded) if m.group().lower() in rubric_words]
+    expected = [int(any(lo < end and start < hi for lo, hi in spans)) for start, end in zip([0] + ends[:-1], ends)]
+    marks = disc.word_match_marks(tok, rubric, ids)
+    assert marks == expected and marks[-1] == 0
+    marked_words = {m.group().lower() for m in re.finditer(r"[A-Za-z]+", decoded) if m.span() in spans}
+    assert marked_words == ({"storm", "the", "kaleidoscope"} if kind == "byte-level BPE" else {"river"})
+    if kind == "byte-level BPE":
+        assert sum(marks) > len(marked_words)                                     # "kaleidoscope" is in pieces
+
+
+def test_word_match_is_refused_where_it_cannot_be_read_and_survives_save_and_load(models_by_backbone, tokenizer,
+                                                                                  batch, tmp_path):
+    with pytest.raises(ValueError, match="needs backbone 'bidirectional'"):
+        disc.build_toy_discriminator(tokenizer, backbone="causal", word_match=True)
+    model = models_by_backbone["word_match"]
+    disc.save_discriminator(model, tokenizer, str(tmp_path / "d"))
+    loaded, loaded_tokenizer = disc.load_discriminator(str(tmp_path / "d"), policy_tokenizer=tokenizer)
+    assert disc.reads_word_match(loaded) and not disc.reads_word_match(models_by_backbone["bidirectional"])
+    assert torch.equal(disc.relevance(loaded, loaded_tokenizer, *batch), disc.relevance(model, tokenizer, *batch))
 
 
 def test_auroc_equals_a_pairwise_count():

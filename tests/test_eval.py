@@ -209,3 +209,63 @@ def test_checkpoint_of_a_real_policy_is_reloaded_with_its_own_family(tmp_path):
     loaded, loaded_tokenizer, _ = loading.load_checkpoint_policy(str(tmp_path / "ckpt.pt"))
     assert type(loaded).__name__ == "Qwen2ForCausalLM" and loaded_tokenizer.eos_token == "<|im_end|>"
     assert all(torch.equal(loaded.state_dict()[name], value) for name, value in state.items())
+
+
+AFTER_ROWS = [  # the same prompts and group sizes as ROWS, other responses
+    {"id": "p0", "response": "boat on the sea"},                 # yes yes
+    {"id": "p0", "response": "boat and sand"},                   # yes yes
+    {"id": "p0", "response": "a fish"},                          # no  no
+    {"id": "p1", "response": "Anna saw the moon"},               #                      yes no  no
+    {"id": "p1", "response": "a red moon"},                      #                      yes yes yes
+]
+
+
+def items_of(rows):
+    scored, groups = evaluation.group_rows(PROMPTS, rows)
+    return evaluation.item_rows(scored, {"responses": groups}, {"rule": JUDGE})
+
+
+def test_compare_is_the_difference_of_the_two_reports_with_a_paired_interval():
+    report = evaluation.compare_items(items_of(ROWS), items_of(AFTER_ROWS))["rule"]["responses"]
+    reports = [evaluation.accuracy_report(*evaluation.group_rows(PROMPTS, rows), JUDGE) for rows in (ROWS, AFTER_ROWS)]
+    for level in ("instruction_accuracy", "rubric_accuracy"):
+        assert report[level] == pytest.approx(reports[1][level] - reports[0][level])
+        assert report["before_" + level] == reports[0][level] and report["after_" + level] == reports[1][level]
+        assert report["before_" + level + "_ci95"] == reports[0][level + "_ci95"]
+    # by hand: per prompt differences in passes (p0: 2 − 1, p1: 1 − 1 responses passing all) over totals (3, 2)
+    differences, totals = [1.0, 0.0], [3.0, 2.0]
+    delta = sum(differences) / sum(totals)
+    se = math.sqrt(sum((d - delta * n) ** 2 for d, n in zip(differences, totals)) / 2) / statistics.mean(totals)
+    assert report["instruction_accuracy"] == pytest.approx(1 / 5)
+    assert report["instruction_accuracy_ci95"] == pytest.approx([delta - 1.959964 * se, delta + 1.959964 * se])
+    # rubric level: p0 passes 3 → 4 of 6 pairs, p1 4 → 4 of 6
+    assert report["rubric_accuracy"] == pytest.approx(1 / 12)
+    same = evaluation.compare_items(items_of(ROWS), items_of(ROWS))["rule"]["responses"]
+    assert same["instruction_accuracy"] == 0 and same["instruction_accuracy_ci95"] == [0.0, 0.0]
+
+
+def test_compare_refuses_files_of_other_prompts_rubrics_or_response_counts(tmp_path):
+    before = items_of(ROWS)
+    with pytest.raises(ValueError, match="different prompts"):
+        evaluation.compare_items(before, before[:1])
+    other_rubrics = json.loads(json.dumps(before))
+    other_rubrics[1]["rubrics"] = ["lowercase"]
+    with pytest.raises(ValueError, match="'p1' has other rubrics"):
+        evaluation.compare_items(before, other_rubrics)
+    with pytest.raises(ValueError, match="different numbers of responses responses"):
+        evaluation.compare_items(before, items_of(ROWS[:4] + ROWS[:1]))
+    files.write_jsonl(str(tmp_path / "before.jsonl"), before)
+    files.write_jsonl(str(tmp_path / "answers.jsonl"), ROWS)
+    with pytest.raises(SystemExit, match="takes two --items files"):
+        evaluation.main(["--compare", str(tmp_path / "before.jsonl")])
+    with pytest.raises(SystemExit, match="not eval.py --items files"):
+        evaluation.main(["--compare", str(tmp_path / "before.jsonl"), str(tmp_path / "answers.jsonl")])
+    out = tmp_path / "compare.json"
+    evaluation.main(["--compare", str(tmp_path / "before.jsonl"), str(tmp_path / "before.jsonl"), "--json", str(out)])
+    assert json.loads(out.read_text())["rule"]["responses"]["rubric_accuracy"] == 0
+    files.write_jsonl(str(tmp_path / "after_first.jsonl"), items_of(AFTER_ROWS)[:1])   # an evaluation with --limit 1
+    with pytest.raises(SystemExit, match="different prompts"):
+        evaluation.main(["--compare", str(tmp_path / "before.jsonl"), str(tmp_path / "after_first.jsonl")])
+    evaluation.main(["--compare", str(tmp_path / "before.jsonl"), str(tmp_path / "after_first.jsonl"), "--limit", "1",
+                     "--json", str(out)])
+    assert json.loads(out.read_text())["rule"]["responses"]["instruction_accuracy"] == pytest.approx(2 / 3 - 1 / 3)

@@ -29,10 +29,10 @@ LAYERS = {
     6: ("train", "eval", "engines", "experiments", "benchmarks"),                    # the entry points
 }
 ENTRY_POINTS = ("train.py", "eval.py", "relevance/build.py", "experiments/compare_methods.py", "experiments/study.py",
-                "experiments/discriminator_backbones.py", "experiments/ifbench_agreement.py",
+                "experiments/discriminator_candidates.py", "experiments/ifbench_agreement.py",
                 "benchmarks/discriminator_speed.py", "benchmarks/normalize_speed.py", "benchmarks/smollm2_step.py",
                 "engines/train_trl.py", "benchmarks/trl_step.py", "benchmarks/smollm2_profile.py",
-                "tasks/ifeval_train.py")
+                "tasks/ifeval_train.py", "relevance/reference_answers.py")
 
 
 def product_files() -> list[str]:

@@ -1,0 +1,160 @@
+"""
+experiments/discriminator_candidates.py — which pairs and which model for a real policy's discriminator? Candidates
+trained on one build's examples and measured on its held-out examples (the policy's own responses to prompts never
+trained on) beside uniform and random relevance, and a learning curve: held-out F1 against the number of pairs.
+
+Reads what `python -m relevance.build --policy P --data D` saved beside its model: examples.jsonl (the policy's own
+responses, labelled by checker search) and held_out_examples.jsonl. Reference pairs (relevance/reference_answers.py:
+answers the policy did not write, labelled by the same search; only for IFEval-style training prompts) are labelled
+on first use and cached under cache/reference_pairs with what they cost.
+
+Candidates (--variants): the pairs each trains on, and what it changes in the build's recipe (relevance/build.py)
+  policy_pca            policy pairs; the recipe's encoder (word embeddings from a PCA of the policy's)
+  random                policy pairs; word embeddings at random
+  small                 policy pairs; half the width (hidden 64)
+  reference             policy + reference pairs
+  word_match            policy pairs; the encoder also reads which response tokens spell a word of the rubric's text
+                        (discriminator.word_match_marks)
+  word_match+reference  both
+Learning curve (--curve NAME --fractions ...): NAME trained on seeded subsets of its pairs, same steps.
+
+Run:  python experiments/discriminator_candidates.py --policy smollm2 --data ifeval_train \
+          --variants policy_pca,reference,word_match,word_match+reference --curve word_match+reference \
+          --json results/smollm2_discriminator_candidates.json
+      python experiments/discriminator_candidates.py --policy smollm2 --data ifeval --variants policy_pca,random,small
+"""
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+from discriminator import train_discriminator  # noqa: E402
+from policies import loading  # noqa: E402
+from relevance import build, report  # noqa: E402
+from runs.files import cache_path, read_jsonl, write_json, write_jsonl  # noqa: E402
+from tasks import registry  # noqa: E402
+
+VARIANTS = {  # name -> (recipe changes, pair sources)
+    "policy_pca": ({}, ("policy",)),
+    "random": ({"init": "random"}, ("policy",)),
+    "small": ({"hidden": 64, "intermediate": 128}, ("policy",)),
+    "reference": ({}, ("policy", "reference")),
+    "word_match": ({"word_match": True}, ("policy",)),
+    "word_match+reference": ({"word_match": True}, ("policy", "reference")),
+}
+MIN_TYPE_EXAMPLES = 20                   # a rubric type is compared with uniform relevance from this many examples
+
+
+def reference_examples(policy: str, data: str, tokenizer) -> tuple[list[dict], dict]:
+    """The reference pairs of `data`'s training prompts, labelled once and cached: (examples, {"coverage",
+    "label_s", "threads", "prompts"})."""
+    path = cache_path("reference_pairs", f"{os.path.basename(policy.rstrip('/'))}-{os.path.basename(data)}.jsonl")
+    info_path = path.replace(".jsonl", ".json")
+    if not os.path.exists(info_path):
+        splits = registry.load_splits(data)
+        tic = time.time()
+        examples, coverage = build.reference_pairs(splits["train"], splits["val"] + splits["test"], tokenizer,
+                                                   registry.data_checkers(data), build.REAL_RECIPE)
+        write_jsonl(path, examples)
+        write_json(info_path, {"coverage": coverage, "label_s": round(time.time() - tic, 1),
+                               "threads": torch.get_num_threads(), "examples": len(examples)})
+    with open(info_path) as f:
+        return read_jsonl(path), json.load(f)
+
+
+def below_uniform(held_out_metrics: dict) -> list[str]:
+    """Rubric types with at least MIN_TYPE_EXAMPLES held-out examples whose F1 or top-1 is below uniform's."""
+    worse = []
+    for group, providers in held_out_metrics.items():
+        if not group.startswith("type/") or providers["discriminator"]["examples"] < MIN_TYPE_EXAMPLES:
+            continue
+        mine = providers["discriminator"]
+        uniform = providers["uniform"]
+        top1_worse = mine["top1_violated"] < uniform["top1_violated"]          # nan (no violated example) is False
+        if mine["f1"] < uniform["f1"] or top1_worse:
+            worse.append(group[len("type/"):])
+    return worse
+
+
+def train_and_measure(policy_model, tokenizer, recipe: dict, examples: list[dict], held_out: list[dict]) -> dict:
+    model = build.encoder_for(policy_model, tokenizer, recipe)
+    start = time.time()
+    train_discriminator(model, tokenizer, examples, recipe["steps"], recipe["batch_size"], recipe["lr"],
+                        seed=recipe["seed"])
+    seconds = time.time() - start
+    metrics = report.held_out_report(model, tokenizer, held_out)
+    return {"pairs": len(examples), "train_seconds": round(seconds, 1), "threads": torch.get_num_threads(),
+            "below_uniform": below_uniform(metrics), "report": metrics}
+
+
+def line(name: str, result: dict) -> str:
+    tokens = result["report"]["scope/tokens"]
+    every = result["report"]["all"]
+    return (f"{name:>22} {result['pairs']:6d} pairs | token scope F1 {tokens['discriminator']['f1']:.3f} "
+            f"AUROC {tokens['discriminator']['auroc']:.3f} top-1 {tokens['discriminator']['top1_violated']:.3f} "
+            f"(uniform {tokens['uniform']['f1']:.3f} / {tokens['uniform']['top1_violated']:.3f}) | all F1 "
+            f"{every['discriminator']['f1']:.3f} AUROC {every['discriminator']['auroc']:.3f} | below uniform on "
+            f"{len(result['below_uniform'])} types | {result['train_seconds']:.0f} s")
+
+
+def main(argv: list[str]) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    parser.add_argument("--policy", default="smollm2")
+    parser.add_argument("--data", default="ifeval_train")
+    parser.add_argument("--variants", default="policy_pca,reference,word_match,word_match+reference",
+                        help=f"comma-separated, of {', '.join(VARIANTS)} (empty: only label the reference pairs)")
+    parser.add_argument("--curve", default="", help="a variant to train on fractions of its pairs")
+    parser.add_argument("--fractions", default="0.125,0.25,0.5", help="the learning curve's fractions of the pairs")
+    parser.add_argument("--json", default="")
+    args = parser.parse_args(argv)
+    names = [n for n in args.variants.split(",") if n]
+    unknown = [n for n in names + ([args.curve] if args.curve else []) if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    policy_model, tokenizer = loading.load_policy(args.policy, "cpu", "float32")
+    sources = {}
+    info = {}
+    if any("reference" in VARIANTS[n][1] for n in names + ([args.curve] if args.curve else [])) or not names:
+        sources["reference"], info["reference"] = reference_examples(args.policy, args.data, tokenizer)
+        print(f"reference pairs: {len(sources['reference'])}, labelled in {info['reference']['label_s']:.0f} s")
+    if not names and not args.curve:
+        return info
+    folder = build.real_cache_dir(args.policy, args.data)
+    try:
+        sources["policy"] = read_jsonl(os.path.join(folder, "examples.jsonl"))
+        held_out = read_jsonl(os.path.join(folder, "held_out_examples.jsonl"))
+    except OSError as error:
+        raise SystemExit(f"no build to compare against: run python -m relevance.build --policy {args.policy} "
+                         f"--data {args.data} first ({error})") from error
+    results = {"policy": args.policy, "data": args.data, "held_out_examples": len(held_out),
+               "pairs": {name: len(examples) for name, examples in sources.items()}, "sources": info,
+               "variants": {}, "curve": {}}
+    for name in names:
+        changes, pair_sources = VARIANTS[name]
+        examples = [e for source in pair_sources for e in sources[source]]
+        results["variants"][name] = {"recipe": {**build.REAL_RECIPE, **changes}, "sources": pair_sources,
+                                     **train_and_measure(policy_model, tokenizer, {**build.REAL_RECIPE, **changes},
+                                                         examples, held_out)}
+        print(line(name, results["variants"][name]))
+    if args.curve:
+        changes, pair_sources = VARIANTS[args.curve]
+        examples = [e for source in pair_sources for e in sources[source]]
+        for fraction in map(float, args.fractions.split(",")):
+            subset = random.Random(0).sample(examples, max(1, round(fraction * len(examples))))
+            results["curve"][str(fraction)] = train_and_measure(policy_model, tokenizer,
+                                                                {**build.REAL_RECIPE, **changes}, subset, held_out)
+            print(line(f"{args.curve} x{fraction}", results["curve"][str(fraction)]))
+    if args.json:
+        write_json(args.json, results)
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
