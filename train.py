@@ -4,7 +4,8 @@ train.py — RTT-GRPO: one readable training loop that wires the concept files t
 Paper:    paper §3 (the training step); METHOD.md §3 steps 1–9, the authors' settings in §8.
 Run:      python train.py                 # toy preset: Rubric World, tiny policy, CPU, minutes
           python train.py --lam 0         # the same run as plain GRPO;  --help lists every flag
-          python train.py smollm2         # SmolLM2-135M-Instruct on IFEval prompts;  paper: the authors' settings
+          python train.py smollm2         # SmolLM2-135M-Instruct on IFEval-style prompts, about an hour on 2 cores
+          python train.py paper --data rubrics.jsonl ...   # the authors' settings (a GPU)
 Outputs:  out_dir/metrics.jsonl (one line per step), samples.txt (responses, verdicts, token advantages), evals.jsonl,
           ckpt.pt, start_eval.json, summary.json, token_advantages.png. An earlier run is moved to out_dir-<time>.
 
