@@ -161,9 +161,10 @@ def reads_word_match(model) -> bool:
 
 
 def encode_pairs(tokenizer, descriptions: list[str], responses: list[list[int]], prefixes: dict | None = None,
-                 word_match: bool = False):
+                 word_match: bool = False, marks: dict | None = None):
     """M (rubric description, response token ids) pairs -> one right-padded batch of discriminator inputs.
-    `prefixes` (description -> prefix_ids) is a cache callers may share across batches.
+    `prefixes` (description -> prefix_ids) and `marks` ((description, response) -> word_match_marks) are caches
+    callers may share across batches (training draws the same pairs again and again).
 
     Shapes:  input_ids, attention_mask (M, L) long: [instruction + criteria] [response] [pad ...];
              starts (M,) long: position of the first response token;  lengths (M,) long: response tokens;
@@ -183,8 +184,12 @@ def encode_pairs(tokenizer, descriptions: list[str], responses: list[list[int]],
     starts = torch.tensor([len(prefixes[d]) for d in descriptions])                          # (M,)
     token_type_ids = None
     if word_match:
-        marks = [[0] * len(prefixes[d]) + word_match_marks(tokenizer, d, r) for d, r in zip(descriptions, responses)]
-        token_type_ids = torch.tensor([row + [0] * (width - len(row)) for row in marks])    # (M, L)
+        marks = {} if marks is None else marks
+        for key in zip(descriptions, map(tuple, responses)):
+            if key not in marks:
+                marks[key] = word_match_marks(tokenizer, key[0], list(key[1]))
+        rows = [[0] * len(prefixes[d]) + marks[d, tuple(r)] for d, r in zip(descriptions, responses)]
+        token_type_ids = torch.tensor([row + [0] * (width - len(row)) for row in rows])     # (M, L)
     return input_ids, attention_mask, starts, torch.tensor([len(r) for r in responses]), token_type_ids
 
 
@@ -383,11 +388,12 @@ def train_discriminator(model, tokenizer, examples: list[dict], steps: int = 100
     model.train()
     losses = []
     prefixes = {}
+    marks = {}
     for step in range(steps):
         batch = [examples[i] for i in torch.randint(len(examples), (batch_size,), generator=generator).tolist()]
         input_ids, attention_mask, starts, lengths, token_type_ids = encode_pairs(
             tokenizer, [e["description"] for e in batch], [e["response_ids"] for e in batch], prefixes,
-            reads_word_match(model))
+            reads_word_match(model), marks)
         width = int(lengths.max())
         logits = response_logits(model, input_ids, attention_mask, starts, lengths, token_type_ids, width)  # (M, width)
         loss = bce_on_response(logits, label_matrix(batch, width), lengths)

@@ -54,14 +54,17 @@ MIN_TYPE_EXAMPLES = 20                   # a rubric type is compared with unifor
 
 def reference_examples(policy: str, data: str, tokenizer) -> tuple[list[dict], dict]:
     """The reference pairs of `data`'s training prompts, labelled once and cached: (examples, {"coverage",
-    "label_s", "threads", "prompts"})."""
+    "label_s", "threads", "examples"}). SystemExit with one line when `data`'s prompts have no reference answers."""
     path = cache_path("reference_pairs", f"{os.path.basename(policy.rstrip('/'))}-{os.path.basename(data)}.jsonl")
     info_path = path.replace(".jsonl", ".json")
     if not os.path.exists(info_path):
         splits = registry.load_splits(data)
         tic = time.time()
-        examples, coverage = build.reference_pairs(splits["train"], splits["val"] + splits["test"], tokenizer,
-                                                   registry.data_checkers(data), build.REAL_RECIPE)
+        try:
+            examples, coverage = build.reference_pairs(splits["train"], splits["val"] + splits["test"], tokenizer,
+                                                       registry.data_checkers(data), build.REAL_RECIPE)
+        except ValueError as error:                              # e.g. --data ifeval: no base tasks, no answers
+            raise SystemExit(f"no reference pairs for --data {data}: {error}") from error
         write_jsonl(path, examples)
         write_json(info_path, {"coverage": coverage, "label_s": round(time.time() - tic, 1),
                                "threads": torch.get_num_threads(), "examples": len(examples)})
@@ -115,16 +118,23 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--json", default="")
     args = parser.parse_args(argv)
     names = [n for n in args.variants.split(",") if n]
-    unknown = [n for n in names + ([args.curve] if args.curve else []) if n not in VARIANTS]
+    wanted = names + ([args.curve] if args.curve else [])
+    unknown = [n for n in wanted if n not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    try:
+        fractions = [float(f) for f in args.fractions.split(",")]
+    except ValueError as error:
+        raise SystemExit(f"--fractions takes comma-separated numbers, got {args.fractions!r}") from error
+    if not all(0 < f <= 1 for f in fractions):
+        raise SystemExit(f"--fractions must lie in (0, 1], got {args.fractions!r}")
     policy_model, tokenizer = loading.load_policy(args.policy, "cpu", "float32")
     sources = {}
     info = {}
-    if any("reference" in VARIANTS[n][1] for n in names + ([args.curve] if args.curve else [])) or not names:
+    if any("reference" in VARIANTS[n][1] for n in wanted) or not wanted:
         sources["reference"], info["reference"] = reference_examples(args.policy, args.data, tokenizer)
         print(f"reference pairs: {len(sources['reference'])}, labelled in {info['reference']['label_s']:.0f} s")
-    if not names and not args.curve:
+    if not wanted:
         return info
     folder = build.real_cache_dir(args.policy, args.data)
     try:
@@ -139,14 +149,14 @@ def main(argv: list[str]) -> dict:
     for name in names:
         changes, pair_sources = VARIANTS[name]
         examples = [e for source in pair_sources for e in sources[source]]
-        results["variants"][name] = {"recipe": {**build.REAL_RECIPE, **changes}, "sources": pair_sources,
-                                     **train_and_measure(policy_model, tokenizer, {**build.REAL_RECIPE, **changes},
-                                                         examples, held_out)}
+        recipe = {**build.REAL_RECIPE, **changes}
+        results["variants"][name] = {"recipe": recipe, "sources": pair_sources,
+                                     **train_and_measure(policy_model, tokenizer, recipe, examples, held_out)}
         print(line(name, results["variants"][name]))
     if args.curve:
         changes, pair_sources = VARIANTS[args.curve]
         examples = [e for source in pair_sources for e in sources[source]]
-        for fraction in map(float, args.fractions.split(",")):
+        for fraction in fractions:
             subset = random.Random(0).sample(examples, max(1, round(fraction * len(examples))))
             results["curve"][str(fraction)] = train_and_measure(policy_model, tokenizer,
                                                                 {**build.REAL_RECIPE, **changes}, subset, held_out)

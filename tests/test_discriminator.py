@@ -265,3 +265,15 @@ def test_a_transformers_causal_lm_backbone_end_to_end(tokenizer, batch, tmp_path
     torch.testing.assert_close(weights, slow_relevance(loaded, tokenizer, *batch), atol=2e-6, rtol=1e-5)
 
 
+
+
+def test_cached_word_match_marks_give_the_same_inputs(tokenizer, batch):
+    """Training shares a marks cache across steps; a batch encoded through it equals one encoded without it."""
+    prompts, response_ids, token_mask = batch
+    descriptions = [r["description"] for r in prompts[0]["rubrics"]]
+    responses = [response_ids[0, 0][token_mask[0, 0]].tolist()] * len(descriptions)
+    cache = {}
+    for _ in range(2):                                                            # filled, then read
+        cached = disc.encode_pairs(tokenizer, descriptions, responses, word_match=True, marks=cache)
+        fresh = disc.encode_pairs(tokenizer, descriptions, responses, word_match=True)
+        assert torch.equal(cached[4], fresh[4]) and len(cache) == len(set(descriptions))
