@@ -20,7 +20,8 @@ Metrics:  token precision / recall / F1 at 0.5, AUROC, and how often the top-sco
 
 Deviations (numbered as in METHOD.md §9, tagged `# DEVIATION(n)` in the code):
   2. Relevance stays float32 (the authors' code writes it into an integer buffer, truncating soft weights to 0).
-  5. build_toy_discriminator makes a tiny model from a config (2-layer bidirectional encoder), trained in minutes.
+  5. build_toy_discriminator makes a tiny model from a config (2-layer bidirectional encoder), trained in minutes;
+     with word_match it also reads which response tokens spell a word of the rubric (word_match_marks).
   7. The discriminator reads the end-of-sequence token (the authors' stops before it); train.py sets w = 0 there.
 
 Demo:     python discriminator.py     (trains a tiny encoder on hand-made "Include 'x'." pairs, prints w)

@@ -1,7 +1,7 @@
 """
 experiments/discriminator_candidates.py — which pairs and which model for a real policy's discriminator? Candidates
 trained on one build's examples and measured on its held-out examples (the policy's own responses to prompts never
-trained on) beside uniform and random relevance, and a learning curve: held-out F1 against the number of pairs.
+trained on) beside uniform and random relevance, and a learning curve: held-out F1 against the number of examples.
 
 Reads what `python -m relevance.build --policy P --data D` saved beside its model: examples.jsonl (the policy's own
 responses, labelled by checker search) and held_out_examples.jsonl. Reference pairs (relevance/reference_answers.py:
@@ -16,11 +16,13 @@ Candidates (--variants): the pairs each trains on, and what it changes in the bu
   word_match            policy pairs; the encoder also reads which response tokens spell a word of the rubric's text
                         (discriminator.word_match_marks)
   word_match+reference  both
-Learning curve (--curve NAME --fractions ...): NAME trained on seeded subsets of its pairs, same steps.
+Learning curve (--curve NAME --fractions ...): NAME trained on seeded subsets of its examples, same steps.
 
 Run:  python experiments/discriminator_candidates.py --policy smollm2 --data ifeval_train \
-          --variants policy_pca,reference,word_match,word_match+reference --curve word_match+reference \
+          --variants policy_pca,word_match,reference,word_match+reference \
           --json results/smollm2_discriminator_candidates.json
+      python experiments/discriminator_candidates.py --variants "" --curve word_match+reference --fractions 0.25,0.5 \
+          --json results/smollm2_discriminator_candidates.json --plot results/smollm2_discriminator_curve.png
       python experiments/discriminator_candidates.py --policy smollm2 --data ifeval --variants policy_pca,random,small
 """
 
@@ -32,10 +34,11 @@ import sys
 import time
 
 import torch
+from tqdm import tqdm
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from discriminator import train_discriminator  # noqa: E402
+from discriminator import token_metrics, train_discriminator  # noqa: E402
 from policies import loading  # noqa: E402
 from relevance import build, report  # noqa: E402
 from runs.files import cache_path, read_jsonl, write_json, write_jsonl  # noqa: E402
@@ -62,12 +65,13 @@ def reference_examples(policy: str, data: str, tokenizer) -> tuple[list[dict], d
         tic = time.time()
         try:
             examples, coverage = build.reference_pairs(splits["train"], splits["val"] + splits["test"], tokenizer,
-                                                       registry.data_checkers(data), build.REAL_RECIPE)
+                                                       registry.data_checkers(data), build.REAL_RECIPE,
+                                                       build.LABEL_WORKERS)
         except ValueError as error:                              # e.g. --data ifeval: no base tasks, no answers
             raise SystemExit(f"no reference pairs for --data {data}: {error}") from error
         write_jsonl(path, examples)
         write_json(info_path, {"coverage": coverage, "label_s": round(time.time() - tic, 1),
-                               "threads": torch.get_num_threads(), "examples": len(examples)})
+                               "workers": build.LABEL_WORKERS, "examples": len(examples)})
     with open(info_path) as f:
         return read_jsonl(path), json.load(f)
 
@@ -86,21 +90,31 @@ def below_uniform(held_out_metrics: dict) -> list[str]:
     return worse
 
 
-def train_and_measure(policy_model, tokenizer, recipe: dict, examples: list[dict], held_out: list[dict]) -> dict:
+def identifiable_ceiling(held_out: list[dict]) -> dict:
+    """token_metrics on the held-out token-scope examples of a model that is exact where one response identifies
+    the label and says 0 elsewhere (METHOD.md §4 trap 2): what no model can beat by much on these labels."""
+    tokens = [e for e in held_out if e["scope"] == "tokens"]
+    probs = [torch.tensor(e["labels"]) if e["identifiable"] else torch.zeros(len(e["labels"])) for e in tokens]
+    return token_metrics(probs, [e["labels"] for e in tokens], [e["violated"] for e in tokens])
+
+
+def train_and_measure(name: str, policy_model, tokenizer, recipe: dict, examples: list[dict],
+                      held_out: list[dict]) -> dict:
     model = build.encoder_for(policy_model, tokenizer, recipe)
     start = time.time()
-    train_discriminator(model, tokenizer, examples, recipe["steps"], recipe["batch_size"], recipe["lr"],
-                        seed=recipe["seed"])
+    with tqdm(total=recipe["steps"], desc=name, mininterval=5.0) as bar:
+        train_discriminator(model, tokenizer, examples, recipe["steps"], recipe["batch_size"], recipe["lr"],
+                            seed=recipe["seed"], progress=lambda step, loss: bar.update(1))
     seconds = time.time() - start
     metrics = report.held_out_report(model, tokenizer, held_out)
-    return {"pairs": len(examples), "train_seconds": round(seconds, 1), "threads": torch.get_num_threads(),
+    return {"examples": len(examples), "train_seconds": round(seconds, 1), "threads": torch.get_num_threads(),
             "below_uniform": below_uniform(metrics), "report": metrics}
 
 
 def line(name: str, result: dict) -> str:
     tokens = result["report"]["scope/tokens"]
     every = result["report"]["all"]
-    return (f"{name:>22} {result['pairs']:6d} pairs | token scope F1 {tokens['discriminator']['f1']:.3f} "
+    return (f"{name:>22} {result['examples']:6d} examples | token scope F1 {tokens['discriminator']['f1']:.3f} "
             f"AUROC {tokens['discriminator']['auroc']:.3f} top-1 {tokens['discriminator']['top1_violated']:.3f} "
             f"(uniform {tokens['uniform']['f1']:.3f} / {tokens['uniform']['top1_violated']:.3f}) | all F1 "
             f"{every['discriminator']['f1']:.3f} AUROC {every['discriminator']['auroc']:.3f} | below uniform on "
@@ -113,10 +127,13 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--data", default="ifeval_train")
     parser.add_argument("--variants", default="policy_pca,reference,word_match,word_match+reference",
                         help=f"comma-separated, of {', '.join(VARIANTS)} (empty: only label the reference pairs)")
-    parser.add_argument("--curve", default="", help="a variant to train on fractions of its pairs")
-    parser.add_argument("--fractions", default="0.125,0.25,0.5", help="the learning curve's fractions of the pairs")
-    parser.add_argument("--json", default="")
+    parser.add_argument("--curve", default="", help="a variant to train on fractions of its examples")
+    parser.add_argument("--fractions", default="0.125,0.25,0.5", help="the learning curve's fractions of the examples")
+    parser.add_argument("--json", default="", help="write the results here (a run adds to this file's candidates)")
+    parser.add_argument("--plot", default="", help="PNG of the learning curve (with --curve)")
     args = parser.parse_args(argv)
+    if args.plot and not args.curve:
+        raise SystemExit("--plot draws the learning curve: name its variant with --curve")
     names = [n for n in args.variants.split(",") if n]
     wanted = names + ([args.curve] if args.curve else [])
     unknown = [n for n in wanted if n not in VARIANTS]
@@ -133,37 +150,77 @@ def main(argv: list[str]) -> dict:
     info = {}
     if any("reference" in VARIANTS[n][1] for n in wanted) or not wanted:
         sources["reference"], info["reference"] = reference_examples(args.policy, args.data, tokenizer)
-        print(f"reference pairs: {len(sources['reference'])}, labelled in {info['reference']['label_s']:.0f} s")
+        pairs = sum(counts["pairs"] for counts in info["reference"]["coverage"].values())
+        print(f"reference answers: {pairs} (response, rubric) pairs, {len(sources['reference'])} examples, labelled "
+              f"in {info['reference']['label_s']:.0f} s by {info['reference']['workers']} processes")
     if not wanted:
         return info
     folder = build.real_cache_dir(args.policy, args.data)
     try:
-        sources["policy"] = read_jsonl(os.path.join(folder, "examples.jsonl"))
+        sources["policy"] = [e for e in read_jsonl(os.path.join(folder, "examples.jsonl"))
+                             if e.get("source") != "reference"]                  # a build may hold both
         held_out = read_jsonl(os.path.join(folder, "held_out_examples.jsonl"))
     except OSError as error:
         raise SystemExit(f"no build to compare against: run python -m relevance.build --policy {args.policy} "
                          f"--data {args.data} first ({error})") from error
     results = {"policy": args.policy, "data": args.data, "held_out_examples": len(held_out),
-               "pairs": {name: len(examples) for name, examples in sources.items()}, "sources": info,
-               "variants": {}, "curve": {}}
+               "examples": {name: len(examples) for name, examples in sources.items()}, "sources": info,
+               "identifiable_ceiling": identifiable_ceiling(held_out), "variants": {}, "curve": {}}
+    ceiling = results["identifiable_ceiling"]
+    print(f"held-out token-scope labels: {ceiling['examples']} examples; exact where one response identifies the "
+          f"label, 0 elsewhere: F1 {ceiling['f1']:.3f} AUROC {ceiling['auroc']:.3f}")
+    if args.json and os.path.exists(args.json):           # a later run adds its variants and curve to the file's
+        with open(args.json) as f:
+            before = json.load(f)
+        if (before.get("policy"), before.get("data"), before.get("held_out_examples")) != (
+                args.policy, args.data, len(held_out)):
+            raise SystemExit(f"{args.json} holds candidates of another policy, data or held-out set: use a new --json")
+        results["variants"] = before.get("variants", {})
+        results["curve"] = before.get("curve", {})
     for name in names:
         changes, pair_sources = VARIANTS[name]
         examples = [e for source in pair_sources for e in sources[source]]
         recipe = {**build.REAL_RECIPE, **changes}
         results["variants"][name] = {"recipe": recipe, "sources": pair_sources,
-                                     **train_and_measure(policy_model, tokenizer, recipe, examples, held_out)}
+                                     **train_and_measure(name, policy_model, tokenizer, recipe, examples, held_out)}
         print(line(name, results["variants"][name]))
     if args.curve:
         changes, pair_sources = VARIANTS[args.curve]
         examples = [e for source in pair_sources for e in sources[source]]
         for fraction in fractions:
             subset = random.Random(0).sample(examples, max(1, round(fraction * len(examples))))
-            results["curve"][str(fraction)] = train_and_measure(policy_model, tokenizer,
+            results["curve"][str(fraction)] = train_and_measure(f"{args.curve} x{fraction}", policy_model, tokenizer,
                                                                 {**build.REAL_RECIPE, **changes}, subset, held_out)
             print(line(f"{args.curve} x{fraction}", results["curve"][str(fraction)]))
     if args.json:
         write_json(args.json, results)
+    if args.plot:
+        plot_curve(results, args.curve, args.plot)
+        print(f"learning curve -> {args.plot}")
     return results
+
+
+def plot_curve(results: dict, name: str, path: str) -> None:
+    """Held-out token-scope F1 and AUROC against the training examples: the curve's subsets and, when measured,
+    the variant on all its examples; uniform relevance's F1 as a line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    runs = list(results["curve"].values()) + ([results["variants"][name]] if name in results["variants"] else [])
+    runs.sort(key=lambda run: run["examples"])
+    tokens = [run["report"]["scope/tokens"] for run in runs]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([run["examples"] for run in runs], [t["discriminator"]["f1"] for t in tokens], "o-", label="F1 at 0.5")
+    ax.plot([run["examples"] for run in runs], [t["discriminator"]["auroc"] for t in tokens], "s-", label="AUROC")
+    ax.axhline(tokens[0]["uniform"]["f1"], color="grey", linestyle="--", label="uniform relevance F1")
+    ax.set_xscale("log")
+    ax.set(xlabel="training examples", ylim=(0, 1),
+           title=f"{name}: held-out token-scope labels ({tokens[0]['discriminator']['examples']} examples)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path + ".tmp", format="png", dpi=120)
+    plt.close(fig)
+    os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

@@ -111,9 +111,14 @@ def load_or_train_toy_discriminator(device: str = "cpu", cache_dir: str | None =
 # search (relevance/checker_edits.py), both sides labelled; a small bidirectional encoder over the policy's
 # vocabulary whose word embeddings start from a PCA of the policy's input embeddings ("policy_pca"; "random" is the
 # alternative measured in RESULTS.md).
+# reference_answers: also the answers that ship with every training prompt's base task (relevance/reference_answers
+# .py), labelled the same way, when the data's prompts have them (tasks/ifeval_train.py's); other data: the policy's
+# pairs only, said when built. word_match: the encoder also reads which response tokens spell a word of the rubric.
 REAL_RECIPE = dict(train_prompts=400, samples=2, max_new_tokens=128, temperature=0.99, top_p=0.99, top_k=100,
-                   max_calls=MAX_CALLS, backbone="bidirectional", hidden=128, layers=2, heads=4, intermediate=256,
-                   init="policy_pca", steps=2000, batch_size=32, lr=1e-3, seed=0)
+                   max_calls=MAX_CALLS, reference_answers=True, backbone="bidirectional", hidden=128, layers=2,
+                   heads=4, intermediate=256, word_match=True, init="policy_pca", steps=2000, batch_size=32, lr=1e-3,
+                   seed=0)
+LABEL_WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def policy_responses(model, tokenizer, prompts: list[dict], recipe: dict, seed: int) -> list[list[list[int]]]:
@@ -127,7 +132,7 @@ def policy_responses(model, tokenizer, prompts: list[dict], recipe: dict, seed: 
 
 
 def reference_pairs(train_prompts: list[dict], held_out: list[dict], tokenizer, checkers: dict,
-                    recipe: dict) -> tuple[list[dict], dict]:
+                    recipe: dict, workers: int = 1) -> tuple[list[dict], dict]:
     """Minimal pairs of responses the policy did not write (relevance/reference_answers.py), labelled by checker
     search as the policy's are: the reference answers to the training prompts whose base task no held-out prompt
     shares (a held-out prompt's task is never read in training, not even answered by another model).
@@ -135,7 +140,8 @@ def reference_pairs(train_prompts: list[dict], held_out: list[dict], tokenizer, 
     held_out_tasks = {reference_answers.base_task_of(p) for p in held_out}
     prompts = [p for p in train_prompts if reference_answers.base_task_of(p) not in held_out_tasks]
     responses = reference_answers.reference_responses(prompts, tokenizer, recipe["max_new_tokens"])
-    return checker_examples(prompts, responses, tokenizer, checkers, recipe["max_calls"], "label reference pairs")
+    return checker_examples(prompts, responses, tokenizer, checkers, recipe["max_calls"], "label reference pairs",
+                            workers)
 
 
 def encoder_for(policy_model, tokenizer, recipe: dict):
@@ -160,10 +166,11 @@ def fingerprint(*parts) -> str:
 
 
 def build_real_discriminator(policy: str, data: str, out_dir: str = "", recipe: dict | None = None,
-                             device: str = "cpu", rebuild: bool = False):
+                             device: str = "cpu", rebuild: bool = False, workers: int = LABEL_WORKERS):
     """(model, tokenizer, meta) of the discriminator for `policy` on `data`'s training prompts: loaded from `out_dir`
     (default cache/discriminators/<policy>-<data>) when it was built from the same policy, data and recipe,
-    otherwise built there: sampled, labelled by checker search, trained, saved with the held-out report."""
+    otherwise built there: sampled, labelled by checker search (in `workers` processes), trained, saved with the
+    held-out report."""
     recipe = {**REAL_RECIPE, **(recipe or {})}
     model, tokenizer = load_policy(policy, device, "float32")
     splits = registry.load_splits(data)
@@ -187,15 +194,25 @@ def build_real_discriminator(policy: str, data: str, out_dir: str = "", recipe: 
     timings["sample_s"] = time.time() - tic
     tic = time.time()
     examples, coverage = checker_examples(train_prompts, train_responses, tokenizer, checkers, recipe["max_calls"],
-                                          "label training pairs")
+                                          "label training pairs", workers)
     held_out_examples, held_out_coverage = checker_examples(held_out, held_out_responses, tokenizer, checkers,
-                                                            recipe["max_calls"], "label held-out pairs")
+                                                            recipe["max_calls"], "label held-out pairs", workers)
     timings["label_s"] = time.time() - tic
-    tic = time.time()
     if not examples:
         raise ValueError(f"no rubric of {data!r} has a rule checker, so no minimal edit can be found by code: "
                          "label its responses with an LLM (relevance/llm_labels.py), train a discriminator and pass "
                          "--discriminator DIR")
+    policy_examples = len(examples)
+    reference_coverage = {}
+    if recipe["reference_answers"] and reference_answers.has_base_tasks(splits["train"]):
+        tic = time.time()
+        more, reference_coverage = reference_pairs(splits["train"], held_out, tokenizer, checkers, recipe, workers)
+        examples += [{**example, "source": "reference"} for example in more]
+        timings["reference_label_s"] = time.time() - tic
+    elif recipe["reference_answers"]:
+        print(f"no reference answers ship with the prompts of {data} (not tasks/ifeval_train.py's): the "
+              "discriminator learns from the policy's pairs only")
+    tic = time.time()
     disc = encoder_for(model, tokenizer, recipe)
     with tqdm(total=recipe["steps"], desc="discriminator", mininterval=2.0) as bar:
         losses = train_discriminator(disc, tokenizer, examples, recipe["steps"], recipe["batch_size"], recipe["lr"],
@@ -203,14 +220,19 @@ def build_real_discriminator(policy: str, data: str, out_dir: str = "", recipe: 
     timings["train_s"] = time.time() - tic
     report = held_out_report(disc, tokenizer, held_out_examples)
     meta = {"key": key, "policy": policy, "data": data, "recipe": recipe, "examples": len(examples),
+            "policy_examples": policy_examples, "reference_examples": len(examples) - policy_examples,
             "held_out_examples": len(held_out_examples), "coverage": coverage, "held_out_coverage": held_out_coverage,
+            "reference_coverage": reference_coverage, "label_workers": workers,
             "final_loss": sum(losses[-50:]) / len(losses[-50:]), "threads": torch.get_num_threads(),
             **{k: round(v, 1) for k, v in timings.items()}, "report": report}
     save_discriminator(disc, tokenizer, out_dir, meta)
     write_jsonl(os.path.join(out_dir, "examples.jsonl"), examples)                # for inspection, and for
     write_jsonl(os.path.join(out_dir, "held_out_examples.jsonl"), held_out_examples)  # experiments/ to reuse
-    print(f"discriminator for {policy} on {data}: {len(examples)} examples, sampled in {timings['sample_s']:.0f} s, "
-          f"labelled in {timings['label_s']:.0f} s, trained in {timings['train_s']:.0f} s -> {out_dir}")
+    sources = f"{policy_examples} examples of the policy's responses"
+    if "reference_label_s" in timings:
+        sources += f" + {len(examples) - policy_examples} of reference answers ({timings['reference_label_s']:.0f} s)"
+    print(f"discriminator for {policy} on {data}: {sources}, sampled in {timings['sample_s']:.0f} s, labelled in "
+          f"{timings['label_s']:.0f} s, trained in {timings['train_s']:.0f} s -> {out_dir}")
     return disc.eval(), tokenizer, meta
 
 
@@ -259,15 +281,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="", help="where a real policy's discriminator goes (default: cache/)")
     parser.add_argument("--json", help="write every metric to this JSON file")
     parser.add_argument("--heatmap", help="save a per-rubric heat map of one held-out response (PNG, plus .html)")
+    parser.add_argument("--heatmap_type", default="", help="a real policy's heat map shows a response with a rubric "
+                        "of a type that starts with this (e.g. keywords:)")
     parser.add_argument("--rebuild", action="store_true", help="retrain even if a cached model exists")
     parser.add_argument("--compare_backbones", action="store_true",
                         help="toy: also train the other backbone (causal vs bidirectional), compare per rubric type")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workers", type=int, help="a real policy's: processes that label pairs by checker search "
+                                                     f"(default: this machine's cores, {LABEL_WORKERS})")
     args = parser.parse_args(argv)
+    if args.policy == "toy" and args.workers is not None:
+        raise SystemExit("--workers is for a real policy's discriminator: the toy's minimal pairs are made with "
+                         "their labels")
+    if args.policy == "toy" and args.heatmap_type:
+        raise SystemExit("--heatmap_type is for a real policy's heat map: the toy's shows its own example")
     if args.policy != "toy":
         try:
             model, tokenizer, meta = build_real_discriminator(args.policy, args.data, args.out, device=args.device,
-                                                              rebuild=args.rebuild)
+                                                              rebuild=args.rebuild,
+                                                              workers=args.workers or LABEL_WORKERS)
         except (OSError, ValueError) as error:
             raise SystemExit(f"cannot build the discriminator: {error}") from error
         print("\nheld-out responses (F1 at 0.5 / AUROC / top-1 token of a violated rubric is relevant)\n"
@@ -277,8 +309,12 @@ def main(argv: list[str] | None = None) -> None:
         held_out = registry.load_splits(args.data)
         prompts = {p["id"]: p for p in held_out["val"] + held_out["test"]}
         saved = args.out or real_cache_dir(args.policy, args.data)
-        example = real_heatmap_example(model, tokenizer, read_jsonl(os.path.join(saved, "held_out_examples.jsonl")),
-                                       prompts)
+        try:
+            example = real_heatmap_example(model, tokenizer,
+                                           read_jsonl(os.path.join(saved, "held_out_examples.jsonl")), prompts,
+                                           args.heatmap_type)
+        except ValueError as error:
+            raise SystemExit(f"--heatmap_type {args.heatmap_type}: {error}") from error
         report = meta
     else:
         model, tokenizer = load_or_train_toy_discriminator(device=args.device, rebuild=args.rebuild)

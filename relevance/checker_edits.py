@@ -21,6 +21,7 @@ A put has no place the response marks (trap 2 of METHOD.md §4): the edited side
 put in), the original side's is not.
 """
 
+import multiprocessing
 from collections import defaultdict
 from typing import Callable, Iterator
 
@@ -106,18 +107,60 @@ def put_candidates(tokenizer, rubric: dict) -> list[list[int]]:
 
 
 def checker_examples(prompts: list[dict], responses: list[list[list[int]]], tokenizer, checkers: dict,
-                     max_calls: int = MAX_CALLS, progress: str = "") -> tuple[list[dict], dict]:
+                     max_calls: int = MAX_CALLS, progress: str = "", workers: int = 1) -> tuple[list[dict], dict]:
     """Minimal pairs of a policy's responses, labelled by checker search: (examples, {rubric type: counts}).
 
     responses[b][g]: token ids of a response to prompts[b], its end-of-sequence token last when it has one.
     Counts per type: pairs, token_labels (an edit flipped the verdict), whole (no edit within max_calls did),
     crashed (the checker raised: the pair is skipped), no_checker, empty (an empty response is skipped), calls.
-    `progress`: a tqdm bar over the prompts with this title (none when empty)."""
+    `progress`: a tqdm bar over the prompts with this title (none when empty). `workers` > 1: prompts labelled in
+    that many forked processes (the search is pure Python, one core each); the result is the one process's."""
+    global _FORKED_JOB
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if workers > 1 and "fork" not in multiprocessing.get_all_start_methods():
+        raise ValueError("labelling in several processes needs the fork start method, which this platform lacks: "
+                         "use workers=1")
+    chunks = [range(start, min(start + CHUNK_PROMPTS, len(prompts))) for start in range(0, len(prompts), CHUNK_PROMPTS)]
+    job = (prompts, responses, tokenizer, checkers, max_calls)
     examples = []
     stats = defaultdict(lambda: defaultdict(int))
-    pairs = zip(prompts, responses)
-    for prompt, group in tqdm(pairs, desc=progress, total=len(prompts), unit="prompt") if progress else pairs:
-        for ids in group:
+    pool = None
+    if workers > 1 and len(chunks) > 1:
+        _FORKED_JOB = job                            # read by the forked workers: nothing is pickled but the indices
+        pool = multiprocessing.get_context("fork").Pool(min(workers, len(chunks)))
+    try:
+        done = pool.imap(_label_forked_chunk, chunks) if pool else (_label_chunk(job, chunk) for chunk in chunks)
+        with tqdm(desc=progress, total=len(prompts), unit="prompt", disable=not progress) as bar:
+            for chunk, (chunk_examples, chunk_stats) in zip(chunks, done):       # in the prompts' order
+                examples += chunk_examples
+                for rubric_type, counts in chunk_stats.items():
+                    for name, value in counts.items():
+                        stats[rubric_type][name] += value
+                bar.update(len(chunk))
+    finally:
+        if pool:
+            pool.terminate()
+        _FORKED_JOB = None
+    return examples, {t: dict(c) for t, c in sorted(stats.items())}
+
+
+CHUNK_PROMPTS = 8                # prompts per unit of work (a worker's share, a step of the progress bar)
+_FORKED_JOB = None
+
+
+def _label_forked_chunk(chunk: range) -> tuple[list[dict], dict]:
+    return _label_chunk(_FORKED_JOB, chunk)
+
+
+def _label_chunk(job: tuple, chunk: range) -> tuple[list[dict], dict]:
+    """checker_examples of prompts[i] for i in chunk: (examples, {rubric type: counts})."""
+    prompts, responses, tokenizer, checkers, max_calls = job
+    examples = []
+    stats = defaultdict(lambda: defaultdict(int))
+    for i in chunk:
+        prompt = prompts[i]
+        for ids in responses[i]:
             tail = int(bool(ids) and ids[-1] == tokenizer.eos_token_id)
             text_of = lambda e: tokenizer.decode(e[:len(e) - tail], skip_special_tokens=True)  # noqa: E731
             for rubric in prompt["rubrics"]:
@@ -139,4 +182,4 @@ def checker_examples(prompts: list[dict], responses: list[list[list[int]]], toke
                 count["calls"] += calls
                 count["token_labels" if edited is not None else "whole"] += 1
                 examples += label_pair(ids, edited, kind, rubric, passes, prompt_id=prompt["id"])
-    return examples, {t: dict(c) for t, c in sorted(stats.items())}
+    return examples, {t: dict(c) for t, c in stats.items()}

@@ -62,6 +62,16 @@ def base_task_of(prompt: dict) -> tuple[str, str]:
     return parts[0], parts[1]
 
 
+def has_base_tasks(prompts: list[dict]) -> bool:
+    """Whether every prompt is an IFEval-style training prompt (its id names a base task with packaged answers)."""
+    try:
+        for prompt in prompts:
+            base_task_of(prompt)
+    except ValueError:
+        return False
+    return True
+
+
 def reference_responses(prompts: list[dict], tokenizer, max_tokens: int,
                         answers: dict | None = None) -> list[list[list[int]]]:
     """responses[b]: the reference answers to prompts[b]'s base task as policy token ids, each cut to max_tokens

@@ -134,17 +134,27 @@ def save_heatmap_png(example: dict, path: str) -> None:
     os.replace(tmp, path)
 
 
-def real_heatmap_example(model, tokenizer, examples: list[dict], prompts: dict[str, dict]) -> dict:
+def real_heatmap_example(model, tokenizer, examples: list[dict], prompts: dict[str, dict],
+                         rubric_type: str = "") -> dict:
     """One held-out policy response with every rubric of its prompt: the discriminator's w beside the checker
-    search's labels ("oracle"). Prefers a response that violates a rubric with token-level labels, then more rubrics."""
+    search's labels ("oracle"). Prefers a response that violates a rubric with token-level labels (of a type that
+    starts with `rubric_type`, e.g. "keywords:") that the response itself identifies, then any token-level labels,
+    then more rubrics. ValueError when no response has a rubric of that type."""
     by_response = defaultdict(list)
     for example in examples:
         if not example["edited"]:
             by_response[(example["prompt_id"], tuple(example["response_ids"]))].append(example)
+    by_response = {key: rows for key, rows in by_response.items()
+                   if any(r["type"].startswith(rubric_type) for r in rows)}
     if not by_response:
-        raise ValueError("no held-out example to draw a heat map of")
-    (prompt_id, ids), rows = max(by_response.items(), key=lambda item: (any(
-        r["violated"] and r["scope"] == "tokens" for r in item[1]), len(item[1])))
+        raise ValueError(f"no held-out example{' of a ' + rubric_type + ' rubric' if rubric_type else ''} to draw "
+                         "a heat map of")
+    def shows(rows: list[dict], identifiable: bool) -> bool:             # a violated rubric with token labels
+        return any(r["violated"] and r["scope"] == "tokens" and r["type"].startswith(rubric_type)
+                   and (r["identifiable"] or not identifiable) for r in rows)
+
+    (prompt_id, ids), rows = max(by_response.items(), key=lambda item: (shows(item[1], True), shows(item[1], False),
+                                                                        len(item[1])))
     response = torch.tensor([[list(ids)]])                                         # (1, 1, T)
     weights = relevance(model, tokenizer, [{"rubrics": rows}], response, torch.ones_like(response, dtype=torch.bool))
     return {"prompt": prompts[prompt_id]["prompt"], "tokens": [tokenizer.decode([i]) for i in ids],

@@ -57,6 +57,28 @@ def test_checker_search_labels_the_token_that_decides_and_counts_the_rest():
     assert stats["crashes"]["crashed"] == 1 and stats["llm"]["no_checker"] == 2
 
 
+def test_labelling_in_forked_processes_gives_what_one_process_gives():
+    _, tok = build_tiny_chat_model("qwen2")
+    eos = tok.eos_token_id
+    words = "the boat sails near a harbour at dawn with my old red kite".split()
+    prompts = []
+    responses = []
+    for i in range(3 * checker_edits.CHUNK_PROMPTS + 1):                          # several chunks, one left over
+        text = " ".join(words[i % 5:i % 5 + 3 + i % 4])
+        prompts.append({"id": f"p{i}", "rubrics": [
+            {"type": "include", "args": {"word": words[i % 7]}, "description": f"Include '{words[i % 7]}'."},
+            {"type": "crashes", "args": {}, "description": "A checker that raises."}]})
+        responses.append([tok(text, add_special_tokens=False)["input_ids"] + [eos]] * 2)
+    checkers = {"include": lambda text, word: word in text.split(), "crashes": lambda text: 1 / 0}
+    alone = checker_edits.checker_examples(prompts, responses, tok, checkers, max_calls=100)
+    forked = checker_edits.checker_examples(prompts, responses, tok, checkers, max_calls=100, workers=2)
+    assert forked == alone
+    assert alone[1]["include"]["pairs"] == 2 * len(prompts) and alone[1]["crashes"]["crashed"] == 2 * len(prompts)
+    assert [e["prompt_id"] for e in forked[0]] == [e["prompt_id"] for e in alone[0]]   # in the prompts' order
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        checker_edits.checker_examples(prompts, responses, tok, checkers, workers=0)
+
+
 def test_the_search_finds_a_smallest_edit_first():
     calls = []
 
@@ -98,6 +120,21 @@ def test_a_real_policys_discriminator_is_built_once_and_refused_for_other_data(t
                 str(tmp_path / "report.json")])
     assert heatmap.exists() and (tmp_path / "heat.html").exists()
     assert json.loads((tmp_path / "report.json").read_text())["key"] == meta["key"]
+    from relevance.report import real_heatmap_example
+    rows = [{"prompt_id": "a", "response_ids": [5, 6, 7], "labels": [0.0, 1.0, 0.0], "edited": False, "violated": True,
+             "scope": "tokens", "type": "include", "description": "Include 'sea'.", "identifiable": False},
+            {"prompt_id": "b", "response_ids": [8, 9], "labels": [1.0, 1.0], "edited": False, "violated": False,
+             "scope": "whole", "type": "exclude", "description": "Avoid 'the'.", "identifiable": False},
+            {"prompt_id": "c", "response_ids": [5, 9], "labels": [1.0, 0.0], "edited": False, "violated": True,
+             "scope": "tokens", "type": "include", "description": "Include 'sea'.", "identifiable": True}]
+    prompts = {"a": {"prompt": "A?"}, "b": {"prompt": "B?"}, "c": {"prompt": "C?"}}
+    assert real_heatmap_example(disc, disc_tokenizer, rows, prompts)["prompt"] == "C?"      # identifiable first
+    assert real_heatmap_example(disc, disc_tokenizer, rows[:2], prompts)["prompt"] == "A?"  # then any token labels
+    assert real_heatmap_example(disc, disc_tokenizer, rows, prompts, "exclude")["prompt"] == "B?"
+    with pytest.raises(SystemExit, match="no held-out example of a keywords: rubric"):
+        build.main(["--policy", policy_dir, "--data", data_path, "--heatmap_type", "keywords:"])
+    with pytest.raises(SystemExit, match="--workers is for a real policy"):
+        build.main(["--workers", "2"])
 
 
 def test_train_builds_the_discriminator_of_a_real_policy_on_first_use(tiny_real_setup, tmp_path):
@@ -158,3 +195,64 @@ def test_reference_pairs_never_read_a_task_a_held_out_prompt_asks(monkeypatch):
     examples, coverage = build.reference_pairs(train_prompts, held_out, tok, checkers, build.REAL_RECIPE)
     assert {e["prompt_id"] for e in examples} == {"alpaca_eval/1/0"} and coverage["punctuation:no_comma"]["pairs"] == 1
     assert {e["side"] for e in examples} == {"positive", "negative"}             # both sides of the minimal pair
+
+
+def test_the_build_adds_reference_pairs_only_where_answers_ship(tiny_real_setup, tmp_path, monkeypatch, capsys):
+    from relevance import reference_answers
+    policy_dir, data_path = tiny_real_setup
+    rows = [json.loads(line) for line in open(data_path)]
+    for i, row in enumerate(rows):
+        row["id"] = f"alpaca_eval/{i}/0"                                           # one base task per prompt
+    (tmp_path / "ifeval_style.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    answers = {("alpaca_eval", str(i)): ["the sea is calm", "boats and nets"] for i in range(len(rows))}
+    monkeypatch.setattr(reference_answers, "reference_answers", lambda: answers)
+    recipe = {"reference_answers": True}
+    _, _, meta = build.build_real_discriminator(policy_dir, str(tmp_path / "ifeval_style.jsonl"), recipe=recipe,
+                                                workers=2)
+    assert meta["reference_coverage"]["include"]["pairs"] == 2 * 10            # 2 answers x 10 training prompts
+    assert meta["reference_examples"] > 0 and meta["examples"] == meta["policy_examples"] + meta["reference_examples"]
+    saved = [json.loads(line) for line in open(os.path.join(
+        tmp_path, "cache", "discriminators", "policy-ifeval_style.jsonl", "examples.jsonl"))]
+    held_out = {e["prompt_id"] for e in map(json.loads, open(os.path.join(
+        tmp_path, "cache", "discriminators", "policy-ifeval_style.jsonl", "held_out_examples.jsonl")))}
+    from_answers = [e for e in saved if e.get("source") == "reference"]
+    assert len(from_answers) == meta["reference_examples"] and not held_out & {e["prompt_id"] for e in from_answers}
+    capsys.readouterr()
+    _, _, plain = build.build_real_discriminator(policy_dir, data_path, recipe=recipe)   # ids q0..: no answers
+    assert "policy's pairs only" in capsys.readouterr().out
+    assert plain["reference_examples"] == 0 and plain["reference_coverage"] == {}
+
+
+def test_candidates_are_measured_on_the_builds_held_out_pairs_and_a_later_run_adds_its_curve(
+        tiny_real_setup, tmp_path, monkeypatch, capsys):
+    import sys
+    from relevance import reference_answers
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
+    import discriminator_candidates as candidates
+    policy_dir, data_path = tiny_real_setup
+    rows = [json.loads(line) for line in open(data_path)]
+    for i, row in enumerate(rows):
+        row["id"] = f"alpaca_eval/{i}/0"
+    data = str(tmp_path / "ifeval_style.jsonl")
+    (tmp_path / "ifeval_style.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    monkeypatch.setattr(reference_answers, "reference_answers",
+                        lambda: {("alpaca_eval", str(i)): ["the sea is calm"] for i in range(len(rows))})
+    out = str(tmp_path / "candidates.json")
+    argv = ["--policy", policy_dir, "--data", data, "--json", out]
+    with pytest.raises(SystemExit, match="no build to compare against"):
+        candidates.main(argv + ["--variants", "policy_pca"])
+    _, _, meta = build.build_real_discriminator(policy_dir, data)
+    first = candidates.main(argv + ["--variants", "policy_pca,word_match+reference"])
+    assert first["examples"]["policy"] == meta["examples"] and first["examples"]["reference"] > 0
+    assert first["variants"]["word_match+reference"]["examples"] == sum(first["examples"].values())
+    assert first["variants"]["policy_pca"]["report"]["all"]["discriminator"]["examples"] == meta["held_out_examples"]
+    plot = tmp_path / "curve.png"
+    second = candidates.main(argv + ["--variants", "", "--curve", "word_match+reference", "--fractions", "0.5",
+                                     "--plot", str(plot)])
+    assert set(second["variants"]) == {"policy_pca", "word_match+reference"} and set(second["curve"]) == {"0.5"}
+    assert json.load(open(out))["curve"]["0.5"]["examples"] == round(0.5 * sum(first["examples"].values()))
+    assert plot.exists()
+    with pytest.raises(SystemExit, match="--plot draws the learning curve"):
+        candidates.main(argv + ["--plot", str(plot)])
+    with pytest.raises(SystemExit, match="unknown variants"):
+        candidates.main(argv + ["--variants", "wider"])
