@@ -243,7 +243,7 @@ def test_candidates_are_measured_on_the_builds_held_out_pairs_and_a_later_run_ad
         candidates.main(argv + ["--variants", "policy_pca"])
     _, _, meta = build.build_real_discriminator(policy_dir, data)
     first = candidates.main(argv + ["--variants", "policy_pca,word_match+reference"])
-    assert first["examples"]["policy"] == meta["examples"] and first["examples"]["reference"] > 0
+    assert first["examples"]["policy"] == meta["policy_examples"] and first["examples"]["reference"] > 0
     assert first["variants"]["word_match+reference"]["examples"] == sum(first["examples"].values())
     assert first["variants"]["policy_pca"]["report"]["all"]["discriminator"]["examples"] == meta["held_out_examples"]
     plot = tmp_path / "curve.png"
