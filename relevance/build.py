@@ -6,10 +6,12 @@ Paper:    the Token-Level Relevance Discriminator and its training data (paper a
 Toy:      trained on Rubric World's minimal pairs (relevance/rubric_world_labels.py: both sides of every pair,
           labels from the token diff), cached in cache/toy/discriminator, rebuilt only when its settings,
           instruction, tokenizer or data change.
-Real:     the policy's own responses to the dataset's TRAINING prompts, sampled with the RL decoding; minimal edits
-          found by checker search (relevance/checker_edits.py), both sides labelled; a small bidirectional encoder
-          over the policy's vocabulary; cached in cache/discriminators/<policy>-<data>, keyed by a checksum of the
-          policy, the prompts, the recipe and the instruction; saved with its held-out report (relevance/report.py).
+Real:     the policy's own responses to the dataset's TRAINING prompts, sampled with the RL decoding, and the
+          reference answers of their base tasks where they ship (relevance/reference_answers.py); minimal edits
+          found by checker search (relevance/checker_edits.py, in parallel processes), both sides labelled; a small
+          bidirectional encoder over the policy's vocabulary that also reads word matches; cached in
+          cache/discriminators/<policy>-<data>, keyed by a checksum of the policy, the prompts, the recipe and the
+          instruction; saved with its held-out report (relevance/report.py).
 Identifiable labels.  Some diff labels cannot be recovered from one response (METHOD.md §4: the filler that replaced
           a required word is a random word); they are reported apart as "not_identifiable".
 
@@ -17,7 +19,8 @@ Deviations (numbered as in METHOD.md §9):
   5. A tiny encoder trained on programmatic minimal pairs stands in for a fine-tuned LLM (discriminator.py).
 
 Run:      python -m relevance.build --json results/discriminator.json --heatmap results/heatmap.png
-          python -m relevance.build --policy smollm2 --data ifeval --json report.json --heatmap heatmap.png
+          python -m relevance.build --policy smollm2 --data ifeval_train --json report.json --heatmap heatmap.png \
+              --heatmap_type keywords:
 """
 
 import argparse
@@ -290,6 +293,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, help="a real policy's: processes that label pairs by checker search "
                                                      f"(default: this machine's cores, {LABEL_WORKERS})")
     args = parser.parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        raise SystemExit(f"--workers must be at least 1, got {args.workers}")
     if args.policy == "toy" and args.workers is not None:
         raise SystemExit("--workers is for a real policy's discriminator: the toy's minimal pairs are made with "
                          "their labels")
@@ -299,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             model, tokenizer, meta = build_real_discriminator(args.policy, args.data, args.out, device=args.device,
                                                               rebuild=args.rebuild,
-                                                              workers=args.workers or LABEL_WORKERS)
+                                                              workers=args.workers or LABEL_WORKERS)  # None: default
         except (OSError, ValueError) as error:
             raise SystemExit(f"cannot build the discriminator: {error}") from error
         print("\nheld-out responses (F1 at 0.5 / AUROC / top-1 token of a violated rubric is relevant)\n"

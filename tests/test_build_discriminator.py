@@ -135,6 +135,8 @@ def test_a_real_policys_discriminator_is_built_once_and_refused_for_other_data(t
         build.main(["--policy", policy_dir, "--data", data_path, "--heatmap_type", "keywords:"])
     with pytest.raises(SystemExit, match="--workers is for a real policy"):
         build.main(["--workers", "2"])
+    with pytest.raises(SystemExit, match="--workers must be at least 1"):
+        build.main(["--policy", policy_dir, "--data", data_path, "--workers", "0"])
 
 
 def test_train_builds_the_discriminator_of_a_real_policy_on_first_use(tiny_real_setup, tmp_path):
