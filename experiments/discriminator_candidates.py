@@ -21,7 +21,7 @@ Learning curve (--curve NAME --fractions ...): NAME trained on seeded subsets of
 Run:  python experiments/discriminator_candidates.py --policy smollm2 --data ifeval_train \
           --variants policy_pca,word_match,reference,word_match+reference \
           --json results/smollm2_discriminator_candidates.json
-      python experiments/discriminator_candidates.py --variants "" --curve word_match+reference --fractions 0.25,0.5 \
+      python experiments/discriminator_candidates.py --variants "" --curve word_match+reference --fractions 0.25 \
           --json results/smollm2_discriminator_candidates.json --plot results/smollm2_discriminator_curve.png
       python experiments/discriminator_candidates.py --policy smollm2 --data ifeval --variants policy_pca,random,small
 """
