@@ -3,10 +3,10 @@ experiments/discriminator_candidates.py — which pairs and which model for a re
 trained on one build's examples and measured on its held-out examples (the policy's own responses to prompts never
 trained on) beside uniform and random relevance, and a learning curve: held-out F1 against the number of examples.
 
-Reads what `python -m relevance.build --policy P --data D` saved beside its model: examples.jsonl (the policy's own
-responses, labelled by checker search) and held_out_examples.jsonl. Reference pairs (relevance/reference_answers.py:
-answers the policy did not write, labelled by the same search; only for IFEval-style training prompts) are labelled
-on first use and cached under cache/reference_pairs with what they cost.
+Reads the labelled pairs `python -m relevance.build --policy P --data D` saved beside its model (<model>-pairs/):
+examples.jsonl (the policy's own responses and, for IFEval-style training prompts, the reference answers
+(relevance/reference_answers.py: answers the policy did not write), labelled by checker search) and
+held_out_examples.jsonl; what each source cost is in its labels.json.
 
 Candidates (--variants): the pairs each trains on, and what it changes in the build's recipe (relevance/build.py)
   policy_pca            policy pairs; the recipe's encoder (word embeddings from a PCA of the policy's)
@@ -41,8 +41,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 from discriminator import token_metrics, train_discriminator  # noqa: E402
 from policies import loading  # noqa: E402
 from relevance import build, report  # noqa: E402
-from runs.files import cache_path, read_jsonl, write_json, write_jsonl  # noqa: E402
-from tasks import registry  # noqa: E402
+from runs.files import read_jsonl, write_json  # noqa: E402
 
 VARIANTS = {  # name -> (recipe changes, pair sources)
     "policy_pca": ({}, ("policy",)),
@@ -53,27 +52,6 @@ VARIANTS = {  # name -> (recipe changes, pair sources)
     "word_match+reference": ({"word_match": True}, ("policy", "reference")),
 }
 MIN_TYPE_EXAMPLES = 20                   # a rubric type is compared with uniform relevance from this many examples
-
-
-def reference_examples(policy: str, data: str, tokenizer) -> tuple[list[dict], dict]:
-    """The reference pairs of `data`'s training prompts, labelled once and cached: (examples, {"coverage",
-    "label_s", "threads", "examples"}). SystemExit with one line when `data`'s prompts have no reference answers."""
-    path = cache_path("reference_pairs", f"{os.path.basename(policy.rstrip('/'))}-{os.path.basename(data)}.jsonl")
-    info_path = path.replace(".jsonl", ".json")
-    if not os.path.exists(info_path):
-        splits = registry.load_splits(data)
-        tic = time.time()
-        try:
-            examples, coverage = build.reference_pairs(splits["train"], splits["val"] + splits["test"], tokenizer,
-                                                       registry.data_checkers(data), build.REAL_RECIPE,
-                                                       build.LABEL_WORKERS)
-        except ValueError as error:                              # e.g. --data ifeval: no base tasks, no answers
-            raise SystemExit(f"no reference pairs for --data {data}: {error}") from error
-        write_jsonl(path, examples)
-        write_json(info_path, {"coverage": coverage, "label_s": round(time.time() - tic, 1),
-                               "workers": build.LABEL_WORKERS, "examples": len(examples)})
-    with open(info_path) as f:
-        return read_jsonl(path), json.load(f)
 
 
 def below_uniform(held_out_metrics: dict) -> list[str]:
@@ -126,7 +104,7 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--policy", default="smollm2")
     parser.add_argument("--data", default="ifeval_train")
     parser.add_argument("--variants", default="policy_pca,reference,word_match,word_match+reference",
-                        help=f"comma-separated, of {', '.join(VARIANTS)} (empty: only label the reference pairs)")
+                        help=f"comma-separated, of {', '.join(VARIANTS)} (empty: only the curve)")
     parser.add_argument("--curve", default="", help="a variant to train on fractions of its examples")
     parser.add_argument("--fractions", default="0.125,0.25,0.5", help="the learning curve's fractions of the examples")
     parser.add_argument("--json", default="", help="write the results here (a run adds to this file's candidates)")
@@ -145,26 +123,27 @@ def main(argv: list[str]) -> dict:
         raise SystemExit(f"--fractions takes comma-separated numbers, got {args.fractions!r}") from error
     if not all(0 < f <= 1 for f in fractions):
         raise SystemExit(f"--fractions must lie in (0, 1], got {args.fractions!r}")
-    policy_model, tokenizer = loading.load_policy(args.policy, "cpu", "float32")
-    sources = {}
-    info = {}
-    if any("reference" in VARIANTS[n][1] for n in wanted) or not wanted:
-        sources["reference"], info["reference"] = reference_examples(args.policy, args.data, tokenizer)
-        pairs = sum(counts["pairs"] for counts in info["reference"]["coverage"].values())
-        print(f"reference answers: {pairs} (response, rubric) pairs, {len(sources['reference'])} examples, labelled "
-              f"in {info['reference']['label_s']:.0f} s by {info['reference']['workers']} processes")
     if not wanted:
-        return info
-    folder = build.real_cache_dir(args.policy, args.data)
+        raise SystemExit("nothing to train: name --variants or a --curve")
+    policy_model, tokenizer = loading.load_policy(args.policy, "cpu", "float32")
+    pairs = build.pairs_dir(build.real_cache_dir(args.policy, args.data))
     try:
-        sources["policy"] = [e for e in read_jsonl(os.path.join(folder, "examples.jsonl"))
-                             if e.get("source") != "reference"]                  # a build may hold both
-        held_out = read_jsonl(os.path.join(folder, "held_out_examples.jsonl"))
+        examples = read_jsonl(os.path.join(pairs, "examples.jsonl"))
+        held_out = read_jsonl(os.path.join(pairs, "held_out_examples.jsonl"))
+        with open(os.path.join(pairs, build.LABELS_FILE)) as f:
+            labelled = json.load(f)
     except OSError as error:
         raise SystemExit(f"no build to compare against: run python -m relevance.build --policy {args.policy} "
                          f"--data {args.data} first ({error})") from error
-    results = {"policy": args.policy, "data": args.data, "held_out_examples": len(held_out),
-               "examples": {name: len(examples) for name, examples in sources.items()}, "sources": info,
+    sources = {"policy": [e for e in examples if e.get("source") != "reference"],
+               "reference": [e for e in examples if e.get("source") == "reference"]}
+    if any("reference" in VARIANTS[n][1] for n in wanted) and not sources["reference"]:
+        raise SystemExit(f"the build of {args.data} holds no reference pairs (its prompts have no packaged answers, "
+                         "or its recipe has reference_answers off): choose variants without reference")
+    cost = {k: labelled[k] for k in ("sample_s", "label_s", "reference_label_s", "label_workers") if k in labelled}
+    results = {"policy": args.policy, "data": args.data, "labels_key": labelled["labels_key"],
+               "held_out_examples": len(held_out),
+               "examples": {name: len(rows) for name, rows in sources.items()}, "labelling": cost,
                "identifiable_ceiling": identifiable_ceiling(held_out), "variants": {}, "curve": {}}
     ceiling = results["identifiable_ceiling"]
     print(f"held-out token-scope labels: {ceiling['examples']} examples; exact where one response identifies the "
@@ -172,23 +151,23 @@ def main(argv: list[str]) -> dict:
     if args.json and os.path.exists(args.json):           # a later run adds its variants and curve to the file's
         with open(args.json) as f:
             before = json.load(f)
-        if (before.get("policy"), before.get("data"), before.get("held_out_examples")) != (
-                args.policy, args.data, len(held_out)):
-            raise SystemExit(f"{args.json} holds candidates of another policy, data or held-out set: use a new --json")
+        if before.get("labels_key") != labelled["labels_key"]:
+            raise SystemExit(f"{args.json} holds candidates measured on other pairs (another policy, data or build): "
+                             "use a new --json")
         results["variants"] = before.get("variants", {})
         results["curve"] = before.get("curve", {})
     for name in names:
         changes, pair_sources = VARIANTS[name]
-        examples = [e for source in pair_sources for e in sources[source]]
+        chosen = [e for source in pair_sources for e in sources[source]]
         recipe = {**build.REAL_RECIPE, **changes}
         results["variants"][name] = {"recipe": recipe, "sources": pair_sources,
-                                     **train_and_measure(name, policy_model, tokenizer, recipe, examples, held_out)}
+                                     **train_and_measure(name, policy_model, tokenizer, recipe, chosen, held_out)}
         print(line(name, results["variants"][name]))
     if args.curve:
         changes, pair_sources = VARIANTS[args.curve]
-        examples = [e for source in pair_sources for e in sources[source]]
+        chosen = [e for source in pair_sources for e in sources[source]]
         for fraction in fractions:
-            subset = random.Random(0).sample(examples, max(1, round(fraction * len(examples))))
+            subset = random.Random(0).sample(chosen, max(1, round(fraction * len(chosen))))
             results["curve"][str(fraction)] = train_and_measure(f"{args.curve} x{fraction}", policy_model, tokenizer,
                                                                 {**build.REAL_RECIPE, **changes}, subset, held_out)
             print(line(f"{args.curve} x{fraction}", results["curve"][str(fraction)]))

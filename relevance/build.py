@@ -10,8 +10,10 @@ Real:     the policy's own responses to the dataset's TRAINING prompts, sampled 
           reference answers of their base tasks where they ship (relevance/reference_answers.py); minimal edits
           found by checker search (relevance/checker_edits.py, in parallel processes), both sides labelled; a small
           bidirectional encoder over the policy's vocabulary that also reads word matches; cached in
-          cache/discriminators/<policy>-<data>, keyed by a checksum of the policy, the prompts, the recipe and the
-          instruction; saved with its held-out report (relevance/report.py).
+          cache/discriminators/<policy>-<data> with its held-out report (relevance/report.py), its sampled responses
+          and labelled pairs beside it in <policy>-<data>-pairs; each stage is keyed by a checksum of what it was
+          made from (policy, prompts, the recipe's settings of that stage, the labelling code), so a changed
+          recipe redoes only the stages it changes (a training setting: training only).
 Identifiable labels.  Some diff labels cannot be recovered from one response (METHOD.md §4: the filler that replaced
           a required word is a random word); they are reported apart as "not_identifiable".
 
@@ -121,6 +123,13 @@ REAL_RECIPE = dict(train_prompts=400, samples=2, max_new_tokens=128, temperature
                    max_calls=MAX_CALLS, reference_answers=True, backbone="bidirectional", hidden=128, layers=2,
                    heads=4, intermediate=256, word_match=True, init="policy_pca", steps=2000, batch_size=32, lr=1e-3,
                    seed=0)
+# A build saves its stages beside the model, each with the checksum of what it was made from, so a changed recipe
+# redoes only the stages it changes: sampling (SAMPLE_SETTINGS), labelling (LABEL_SETTINGS, the labelling code),
+# training (the rest).
+SAMPLE_SETTINGS = ("train_prompts", "samples", "max_new_tokens", "temperature", "top_p", "top_k", "seed")
+LABEL_SETTINGS = ("max_calls", "reference_answers")
+SAMPLES_FILE = "responses.json"          # the policy's sampled responses (token ids) and what they cost
+LABELS_FILE = "labels.json"              # beside examples.jsonl: what the pairs were made from, counts and seconds
 LABEL_WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
@@ -178,8 +187,12 @@ def build_real_discriminator(policy: str, data: str, out_dir: str = "", recipe: 
     model, tokenizer = load_policy(policy, device, "float32")
     splits = registry.load_splits(data)
     checkers = registry.data_checkers(data)
-    key = fingerprint(policy_fingerprint(model, tokenizer), [(p["id"], p["rubrics"]) for p in splits["train"]],
-                      recipe, INSTRUCTION)
+    samples_key = fingerprint(policy_fingerprint(model, tokenizer),
+                              [(p["id"], p["prompt"]) for split in splits.values() for p in split],
+                              {k: recipe[k] for k in SAMPLE_SETTINGS})
+    labels_key = fingerprint(samples_key, [(p["id"], p["rubrics"]) for split in splits.values() for p in split],
+                             {k: recipe[k] for k in LABEL_SETTINGS}, labelling_code())
+    key = fingerprint(labels_key, recipe, INSTRUCTION)
     out_dir = out_dir or real_cache_dir(policy, data)
     meta_path = os.path.join(out_dir, META_FILE)
     if not rebuild and os.path.exists(meta_path):
@@ -188,17 +201,73 @@ def build_real_discriminator(policy: str, data: str, out_dir: str = "", recipe: 
         if meta.get("key") == key:
             disc, disc_tokenizer = load_discriminator(out_dir, tokenizer, device)
             return disc, disc_tokenizer, meta
-    timings = {}
+    pairs = pairs_dir(out_dir)
+    labelled = None if rebuild else saved_labels(pairs, labels_key)
+    reused = labelled is not None
+    if not reused:
+        responses = sampled_responses(model, tokenizer, splits, recipe, os.path.join(pairs, SAMPLES_FILE),
+                                      samples_key)
+        examples, held_out_examples, labelled = label_pairs(responses, tokenizer, splits, checkers, data, recipe,
+                                                            workers)
+        write_jsonl(os.path.join(pairs, "examples.jsonl"), examples)            # for inspection, for a retrain and
+        write_jsonl(os.path.join(pairs, "held_out_examples.jsonl"), held_out_examples)         # for experiments/
+        labelled = {"labels_key": labels_key, **labelled}
+        write_json(os.path.join(pairs, LABELS_FILE), labelled)                 # last: the pairs above are whole
+    else:
+        print(f"the labelled pairs in {pairs} are reused (sampled and labelled as this recipe asks; that took "
+              f"{labelled['sample_s'] + labelled['label_s'] + labelled.get('reference_label_s', 0):.0f} s): "
+              "training only")
+    examples = read_jsonl(os.path.join(pairs, "examples.jsonl"))               # read back either way: a retrain
+    held_out_examples = read_jsonl(os.path.join(pairs, "held_out_examples.jsonl"))     # reads what a build read
+    tic = time.time()
+    disc = encoder_for(model, tokenizer, recipe)
+    with tqdm(total=recipe["steps"], desc="discriminator", mininterval=2.0) as bar:
+        losses = train_discriminator(disc, tokenizer, examples, recipe["steps"], recipe["batch_size"], recipe["lr"],
+                                     seed=recipe["seed"], progress=lambda step, loss: bar.update(1))
+    train_s = time.time() - tic
+    report = held_out_report(disc, tokenizer, held_out_examples)
+    meta = {"key": key, "policy": policy, "data": data, "recipe": recipe, **labelled, "labels_reused": reused,
+            "train_s": round(train_s, 1), "final_loss": sum(losses[-50:]) / len(losses[-50:]),
+            "threads": torch.get_num_threads(), "report": report}
+    save_discriminator(disc, tokenizer, out_dir, meta)
+    sources = f"{meta['policy_examples']} examples of the policy's responses"
+    if "reference_label_s" in meta:
+        sources += f" + {meta['reference_examples']} of reference answers ({meta['reference_label_s']:.0f} s)"
+    print(f"discriminator for {policy} on {data}: {sources}, sampled in {meta['sample_s']:.0f} s, labelled in "
+          f"{meta['label_s']:.0f} s, trained in {train_s:.0f} s -> {out_dir}")
+    return disc.eval(), tokenizer, meta
+
+
+def sampled_responses(model, tokenizer, splits: dict, recipe: dict, path: str, samples_key: str) -> dict:
+    """The policy's responses to the first recipe["train_prompts"] training prompts and to every held-out prompt
+    (recipe["samples"] each, the RL decoding), as token-id lists: read from `path` when sampled as `samples_key` says,
+    else sampled and saved there. {"train", "held_out", "sample_s", "samples_key"}."""
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        if saved.get("samples_key") == samples_key:
+            return saved
+    tic = time.time()
+    train = policy_responses(model, tokenizer, splits["train"][:recipe["train_prompts"]], recipe, recipe["seed"])
+    held_out = policy_responses(model, tokenizer, splits["val"] + splits["test"], recipe, recipe["seed"] + 1)
+    sampled = {"samples_key": samples_key, "train": train, "held_out": held_out,
+               "sample_s": round(time.time() - tic, 1)}
+    write_json(path, sampled)
+    return sampled
+
+
+def label_pairs(responses: dict, tokenizer, splits: dict, checkers: dict, data: str, recipe: dict,
+                workers: int) -> tuple[list[dict], list[dict], dict]:
+    """The build's labelled pairs: the policy's sampled responses labelled by checker search in `workers` processes
+    and, where they ship, the reference answers' pairs (tagged "source": "reference"). Returns (training examples,
+    held-out examples, {their counts, coverage per rubric type, seconds per stage})."""
+    timings = {"sample_s": responses["sample_s"]}
     tic = time.time()
     train_prompts = splits["train"][:recipe["train_prompts"]]                   # the split is already shuffled
-    train_responses = policy_responses(model, tokenizer, train_prompts, recipe, recipe["seed"])
     held_out = splits["val"] + splits["test"]
-    held_out_responses = policy_responses(model, tokenizer, held_out, recipe, recipe["seed"] + 1)
-    timings["sample_s"] = time.time() - tic
-    tic = time.time()
-    examples, coverage = checker_examples(train_prompts, train_responses, tokenizer, checkers, recipe["max_calls"],
+    examples, coverage = checker_examples(train_prompts, responses["train"], tokenizer, checkers, recipe["max_calls"],
                                           "label training pairs", workers)
-    held_out_examples, held_out_coverage = checker_examples(held_out, held_out_responses, tokenizer, checkers,
+    held_out_examples, held_out_coverage = checker_examples(held_out, responses["held_out"], tokenizer, checkers,
                                                             recipe["max_calls"], "label held-out pairs", workers)
     timings["label_s"] = time.time() - tic
     if not examples:
@@ -215,28 +284,39 @@ def build_real_discriminator(policy: str, data: str, out_dir: str = "", recipe: 
     elif recipe["reference_answers"]:
         print(f"no reference answers ship with the prompts of {data} (not tasks/ifeval_train.py's): the "
               "discriminator learns from the policy's pairs only")
-    tic = time.time()
-    disc = encoder_for(model, tokenizer, recipe)
-    with tqdm(total=recipe["steps"], desc="discriminator", mininterval=2.0) as bar:
-        losses = train_discriminator(disc, tokenizer, examples, recipe["steps"], recipe["batch_size"], recipe["lr"],
-                                     seed=recipe["seed"], progress=lambda step, loss: bar.update(1))
-    timings["train_s"] = time.time() - tic
-    report = held_out_report(disc, tokenizer, held_out_examples)
-    meta = {"key": key, "policy": policy, "data": data, "recipe": recipe, "examples": len(examples),
-            "policy_examples": policy_examples, "reference_examples": len(examples) - policy_examples,
-            "held_out_examples": len(held_out_examples), "coverage": coverage, "held_out_coverage": held_out_coverage,
-            "reference_coverage": reference_coverage, "label_workers": workers,
-            "final_loss": sum(losses[-50:]) / len(losses[-50:]), "threads": torch.get_num_threads(),
-            **{k: round(v, 1) for k, v in timings.items()}, "report": report}
-    save_discriminator(disc, tokenizer, out_dir, meta)
-    write_jsonl(os.path.join(out_dir, "examples.jsonl"), examples)                # for inspection, and for
-    write_jsonl(os.path.join(out_dir, "held_out_examples.jsonl"), held_out_examples)  # experiments/ to reuse
-    sources = f"{policy_examples} examples of the policy's responses"
-    if "reference_label_s" in timings:
-        sources += f" + {len(examples) - policy_examples} of reference answers ({timings['reference_label_s']:.0f} s)"
-    print(f"discriminator for {policy} on {data}: {sources}, sampled in {timings['sample_s']:.0f} s, labelled in "
-          f"{timings['label_s']:.0f} s, trained in {timings['train_s']:.0f} s -> {out_dir}")
-    return disc.eval(), tokenizer, meta
+    return examples, held_out_examples, {
+        "examples": len(examples), "policy_examples": policy_examples,
+        "reference_examples": len(examples) - policy_examples, "held_out_examples": len(held_out_examples),
+        "coverage": coverage, "held_out_coverage": held_out_coverage,
+        "reference_coverage": reference_coverage, "label_workers": workers,
+        **{k: round(v, 1) for k, v in timings.items()}}
+
+
+def pairs_dir(out_dir: str) -> str:
+    """Where a build keeps its sampled responses and labelled pairs: beside the model's folder (which a save replaces
+    whole), <out_dir>-pairs."""
+    return os.path.abspath(out_dir).rstrip(os.sep) + "-pairs"
+
+
+def saved_labels(pairs: str, labels_key: str) -> dict | None:
+    """The label summary of the pairs saved in `pairs` when they were sampled and labelled as `labels_key` says
+    (same policy, prompts, sampling and labelling settings, labelling code), else None."""
+    path = os.path.join(pairs, LABELS_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        labelled = json.load(f)
+    if labelled.get("labels_key") != labels_key:
+        return None
+    return labelled
+
+
+def labelling_code() -> str:
+    """A checksum of the code that makes the labelled pairs (the checker search and the reference answers): saved
+    pairs made by other code are labelled again."""
+    sources = [os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
+               for name in ("checker_edits.py", "reference_answers.py")]
+    return hashlib.sha1(b"".join(open(path, "rb").read() for path in sources)).hexdigest()[:16]
 
 
 def real_cache_dir(policy: str, data: str) -> str:
@@ -286,7 +366,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--heatmap", help="save a per-rubric heat map of one held-out response (PNG, plus .html)")
     parser.add_argument("--heatmap_type", default="", help="a real policy's heat map shows a response with a rubric "
                         "of a type that starts with this (e.g. keywords:)")
-    parser.add_argument("--rebuild", action="store_true", help="retrain even if a cached model exists")
+    parser.add_argument("--rebuild", action="store_true", help="retrain even if a cached model exists (a real "
+                        "policy's: label again too; its sampled responses are reused when sampled as now)")
     parser.add_argument("--compare_backbones", action="store_true",
                         help="toy: also train the other backbone (causal vs bidirectional), compare per rubric type")
     parser.add_argument("--device", default="cpu")
@@ -316,7 +397,8 @@ def main(argv: list[str] | None = None) -> None:
         saved = args.out or real_cache_dir(args.policy, args.data)
         try:
             example = real_heatmap_example(model, tokenizer,
-                                           read_jsonl(os.path.join(saved, "held_out_examples.jsonl")), prompts,
+                                           read_jsonl(os.path.join(pairs_dir(saved), "held_out_examples.jsonl")),
+                                           prompts,
                                            args.heatmap_type)
         except ValueError as error:
             raise SystemExit(f"--heatmap_type {args.heatmap_type}: {error}") from error

@@ -139,6 +139,29 @@ def test_a_real_policys_discriminator_is_built_once_and_refused_for_other_data(t
         build.main(["--policy", policy_dir, "--data", data_path, "--workers", "0"])
 
 
+def test_a_changed_recipe_redoes_only_the_stages_it_changes(tiny_real_setup, monkeypatch, capsys):
+    policy_dir, data_path = tiny_real_setup
+    first = build.build_real_discriminator(policy_dir, data_path)[2]
+    calls = {"sample": 0, "label": 0}
+    real_sample = build.policy_responses
+    real_label = build.checker_examples
+    monkeypatch.setattr(build, "policy_responses", lambda *a, **k: calls.update(sample=calls["sample"] + 1)
+                        or real_sample(*a, **k))
+    monkeypatch.setattr(build, "checker_examples", lambda *a, **k: calls.update(label=calls["label"] + 1)
+                        or real_label(*a, **k))
+    capsys.readouterr()
+    retrained = build.build_real_discriminator(policy_dir, data_path, recipe={"steps": 30})[2]
+    assert calls == {"sample": 0, "label": 0} and retrained["labels_reused"] and not first["labels_reused"]
+    assert "reused" in capsys.readouterr().out and retrained["key"] != first["key"]
+    assert retrained["coverage"] == first["coverage"] and retrained["sample_s"] == first["sample_s"]
+    relabelled = build.build_real_discriminator(policy_dir, data_path, recipe={"steps": 30, "max_calls": 20})[2]
+    assert calls == {"sample": 0, "label": 2} and not relabelled["labels_reused"]      # training + held-out pairs
+    resampled = build.build_real_discriminator(policy_dir, data_path, recipe={"steps": 30, "seed": 1})[2]
+    assert calls == {"sample": 2, "label": 4} and not resampled["labels_reused"]
+    build.build_real_discriminator(policy_dir, data_path, recipe={"steps": 30, "seed": 1}, rebuild=True)
+    assert calls == {"sample": 2, "label": 6}                 # --rebuild relabels; the same samples are read back
+
+
 def test_train_builds_the_discriminator_of_a_real_policy_on_first_use(tiny_real_setup, tmp_path):
     policy_dir, data_path = tiny_real_setup
     summary = train.main(["paper", "--policy", policy_dir, "--data", data_path, "--judge", "rule", "--dtype", "float32",
@@ -213,10 +236,9 @@ def test_the_build_adds_reference_pairs_only_where_answers_ship(tiny_real_setup,
                                                 workers=2)
     assert meta["reference_coverage"]["include"]["pairs"] == 2 * 10            # 2 answers x 10 training prompts
     assert meta["reference_examples"] > 0 and meta["examples"] == meta["policy_examples"] + meta["reference_examples"]
-    saved = [json.loads(line) for line in open(os.path.join(
-        tmp_path, "cache", "discriminators", "policy-ifeval_style.jsonl", "examples.jsonl"))]
-    held_out = {e["prompt_id"] for e in map(json.loads, open(os.path.join(
-        tmp_path, "cache", "discriminators", "policy-ifeval_style.jsonl", "held_out_examples.jsonl")))}
+    pairs = tmp_path / "cache" / "discriminators" / "policy-ifeval_style.jsonl-pairs"
+    saved = [json.loads(line) for line in open(pairs / "examples.jsonl")]
+    held_out = {e["prompt_id"] for e in map(json.loads, open(pairs / "held_out_examples.jsonl"))}
     from_answers = [e for e in saved if e.get("source") == "reference"]
     assert len(from_answers) == meta["reference_examples"] and not held_out & {e["prompt_id"] for e in from_answers}
     capsys.readouterr()
