@@ -16,7 +16,11 @@ Candidates (--variants): the pairs each trains on, and what it changes in the bu
   word_match            policy pairs; the encoder also reads which response tokens spell a word of the rubric's text
                         (discriminator.word_match_marks)
   word_match+reference  both
-Learning curve (--curve NAME --fractions ...): NAME trained on seeded subsets of its examples, same steps.
+  zero_unidentifiable   both, and the side of a pair without the edit trained to 0 (relevance/build.training_examples)
+Each is the build's recipe (relevance/build.REAL_RECIPE) with the settings above pinned (word embeddings from a PCA,
+no word-match input, diff labels on both sides) and then its own changes.
+Learning curve (--curve NAME --fractions ...): NAME trained on seeded subsets of its examples, same steps; its point
+on all examples is NAME's own run or, when the build trained NAME's recipe on all the pairs, the build's report.
 
 Run:  python experiments/discriminator_candidates.py --policy smollm2 --data ifeval_train \
           --variants policy_pca,word_match,reference,word_match+reference \
@@ -43,13 +47,15 @@ from policies import loading  # noqa: E402
 from relevance import build, report  # noqa: E402
 from runs.files import read_jsonl, write_json  # noqa: E402
 
-VARIANTS = {  # name -> (recipe changes, pair sources)
+PINNED = {"init": "policy_pca", "word_match": False, "unidentifiable": "diff"}   # what a variant changes from, so
+VARIANTS = {  # name -> (changes to PINNED, pair sources)                         # a new recipe default changes none
     "policy_pca": ({}, ("policy",)),
     "random": ({"init": "random"}, ("policy",)),
     "small": ({"hidden": 64, "intermediate": 128}, ("policy",)),
     "reference": ({}, ("policy", "reference")),
     "word_match": ({"word_match": True}, ("policy",)),
     "word_match+reference": ({"word_match": True}, ("policy", "reference")),
+    "zero_unidentifiable": ({"word_match": True, "unidentifiable": "zero"}, ("policy", "reference")),
 }
 MIN_TYPE_EXAMPLES = 20                   # a rubric type is compared with uniform relevance from this many examples
 
@@ -81,8 +87,9 @@ def train_and_measure(name: str, policy_model, tokenizer, recipe: dict, examples
     model = build.encoder_for(policy_model, tokenizer, recipe)
     start = time.time()
     with tqdm(total=recipe["steps"], desc=name, mininterval=5.0) as bar:
-        train_discriminator(model, tokenizer, examples, recipe["steps"], recipe["batch_size"], recipe["lr"],
-                            seed=recipe["seed"], progress=lambda step, loss: bar.update(1))
+        train_discriminator(model, tokenizer, build.training_examples(examples, recipe), recipe["steps"],
+                            recipe["batch_size"], recipe["lr"], seed=recipe["seed"],
+                            progress=lambda step, loss: bar.update(1))
     seconds = time.time() - start
     metrics = report.held_out_report(model, tokenizer, held_out)
     return {"examples": len(examples), "train_seconds": round(seconds, 1), "threads": torch.get_num_threads(),
@@ -145,6 +152,11 @@ def main(argv: list[str]) -> dict:
                "held_out_examples": len(held_out),
                "examples": {name: len(rows) for name, rows in sources.items()}, "labelling": cost,
                "identifiable_ceiling": identifiable_ceiling(held_out), "variants": {}, "curve": {}}
+    model_meta = build.read_meta(build.real_cache_dir(args.policy, args.data))
+    if model_meta.get("labels_key") == labelled["labels_key"]:                 # the preset's model, on these pairs
+        results["build"] = {"recipe": model_meta["recipe"], "examples": model_meta["examples"],
+                            "train_seconds": model_meta["train_s"], "threads": model_meta["threads"],
+                            "below_uniform": below_uniform(model_meta["report"]), "report": model_meta["report"]}
     ceiling = results["identifiable_ceiling"]
     print(f"held-out token-scope labels: {ceiling['examples']} examples; exact where one response identifies the "
           f"label, 0 elsewhere: F1 {ceiling['f1']:.3f} AUROC {ceiling['auroc']:.3f}")
@@ -159,18 +171,19 @@ def main(argv: list[str]) -> dict:
     for name in names:
         changes, pair_sources = VARIANTS[name]
         chosen = [e for source in pair_sources for e in sources[source]]
-        recipe = {**build.REAL_RECIPE, **changes}
+        recipe = {**build.REAL_RECIPE, **PINNED, **changes}
         results["variants"][name] = {"recipe": recipe, "sources": pair_sources,
                                      **train_and_measure(name, policy_model, tokenizer, recipe, chosen, held_out)}
         print(line(name, results["variants"][name]))
     if args.curve:
         changes, pair_sources = VARIANTS[args.curve]
         chosen = [e for source in pair_sources for e in sources[source]]
+        curve = results["curve"].setdefault(args.curve, {})
         for fraction in fractions:
             subset = random.Random(0).sample(chosen, max(1, round(fraction * len(chosen))))
-            results["curve"][str(fraction)] = train_and_measure(f"{args.curve} x{fraction}", policy_model, tokenizer,
-                                                                {**build.REAL_RECIPE, **changes}, subset, held_out)
-            print(line(f"{args.curve} x{fraction}", results["curve"][str(fraction)]))
+            curve[str(fraction)] = train_and_measure(f"{args.curve} x{fraction}", policy_model, tokenizer,
+                                                     {**build.REAL_RECIPE, **PINNED, **changes}, subset, held_out)
+            print(line(f"{args.curve} x{fraction}", curve[str(fraction)]))
     if args.json:
         write_json(args.json, results)
     if args.plot:
@@ -179,13 +192,26 @@ def main(argv: list[str]) -> dict:
     return results
 
 
+def on_all_examples(results: dict, name: str) -> dict | None:
+    """The run of variant `name` on all its examples: its own, else the build's when the build trained the same
+    recipe on the same (all) pairs, else None."""
+    if name in results["variants"]:
+        return results["variants"][name]
+    changes, pair_sources = VARIANTS[name]
+    built = results.get("build")
+    if built and built["recipe"] == {**build.REAL_RECIPE, **PINNED, **changes} and set(pair_sources) == set(
+            results["examples"]):
+        return built
+    return None
+
+
 def plot_curve(results: dict, name: str, path: str) -> None:
     """Held-out token-scope F1 and AUROC against the training examples: the curve's subsets and, when measured,
     the variant on all its examples; uniform relevance's F1 as a line."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    runs = list(results["curve"].values()) + ([results["variants"][name]] if name in results["variants"] else [])
+    runs = list(results["curve"][name].values()) + [run for run in [on_all_examples(results, name)] if run]
     runs.sort(key=lambda run: run["examples"])
     tokens = [run["report"]["scope/tokens"] for run in runs]
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -121,8 +121,8 @@ def load_or_train_toy_discriminator(device: str = "cpu", cache_dir: str | None =
 # pairs only, said when built. word_match: the encoder also reads which response tokens spell a word of the rubric.
 REAL_RECIPE = dict(train_prompts=400, samples=2, max_new_tokens=128, temperature=0.99, top_p=0.99, top_k=100,
                    max_calls=MAX_CALLS, reference_answers=True, backbone="bidirectional", hidden=128, layers=2,
-                   heads=4, intermediate=256, word_match=True, init="policy_pca", steps=2000, batch_size=32, lr=1e-3,
-                   seed=0)
+                   heads=4, intermediate=256, word_match=True, init="policy_pca", unidentifiable="diff", steps=2000,
+                   batch_size=32, lr=1e-3, seed=0)
 # A build saves its stages beside the model, each with the checksum of what it was made from, so a changed recipe
 # redoes only the stages it changes: sampling (SAMPLE_SETTINGS), labelling (LABEL_SETTINGS, the labelling code),
 # training (the rest).
@@ -172,6 +172,24 @@ def encoder_for(policy_model, tokenizer, recipe: dict):
     return model
 
 
+def training_examples(examples: list[dict], recipe: dict) -> list[dict]:
+    """The examples the encoder trains on. recipe["unidentifiable"]: "diff" keeps the token diff's labels on both
+    sides of every pair, as the paper trains; "zero" trains the side that does not hold the edit to 0 everywhere
+    (its labels mark where a token was deleted or put in, which no single response shows: METHOD.md §4 trap 2).
+    Held-out labels are never changed."""
+    check_unidentifiable(recipe)
+    if recipe["unidentifiable"] == "diff":
+        return examples
+    return [{**e, "labels": [0.0] * len(e["labels"])} if e["scope"] == "tokens" and not e["identifiable"] else e
+            for e in examples]
+
+
+def check_unidentifiable(recipe: dict) -> None:
+    """ValueError naming the choices when recipe["unidentifiable"] is neither "diff" nor "zero"."""
+    if recipe["unidentifiable"] not in ("diff", "zero"):
+        raise ValueError(f"recipe unidentifiable={recipe['unidentifiable']!r}: choose 'diff' or 'zero'")
+
+
 def fingerprint(*parts) -> str:
     """A short hash of JSON-able parts: what a cached discriminator was built from."""
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -184,6 +202,7 @@ def build_real_discriminator(policy: str, data: str, out_dir: str = "", recipe: 
     otherwise built there: sampled, labelled by checker search (in `workers` processes), trained, saved with the
     held-out report."""
     recipe = {**REAL_RECIPE, **(recipe or {})}
+    check_unidentifiable(recipe)                                                # before an hour of labelling
     model, tokenizer = load_policy(policy, device, "float32")
     splits = registry.load_splits(data)
     checkers = registry.data_checkers(data)
@@ -222,8 +241,9 @@ def build_real_discriminator(policy: str, data: str, out_dir: str = "", recipe: 
     tic = time.time()
     disc = encoder_for(model, tokenizer, recipe)
     with tqdm(total=recipe["steps"], desc="discriminator", mininterval=2.0) as bar:
-        losses = train_discriminator(disc, tokenizer, examples, recipe["steps"], recipe["batch_size"], recipe["lr"],
-                                     seed=recipe["seed"], progress=lambda step, loss: bar.update(1))
+        losses = train_discriminator(disc, tokenizer, training_examples(examples, recipe), recipe["steps"],
+                                     recipe["batch_size"], recipe["lr"], seed=recipe["seed"],
+                                     progress=lambda step, loss: bar.update(1))
     train_s = time.time() - tic
     report = held_out_report(disc, tokenizer, held_out_examples)
     meta = {"key": key, "policy": policy, "data": data, "recipe": recipe, **labelled, "labels_reused": reused,

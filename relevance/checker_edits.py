@@ -13,8 +13,11 @@ Output:   the edited ids and the size of the edit, or None when no edit within t
 
 Search, small edits first, leftmost first, at most `max_calls` checker calls per (response, rubric):
   1. delete one token;          2. delete every occurrence of one token (a repeated keyword, every comma);
-  3. put a candidate (a rubric's word, a punctuation mark, a capitalised word) at the start or at the end;
-  4. delete a span of 2, then 3 tokens;     5. put a candidate in place of a token, or before it.
+  3. put a candidate at the start or at the end: a rubric's word, all its words together (a response that lacks
+     two keywords), a punctuation mark, a capitalised word, a piece of markup a format rubric counts (a title, a
+     placeholder, a bullet point, a highlight);
+  4. delete a span of 2, then 3 tokens;     5. put a candidate 2 to MAX_REPEAT times at the end (a count: "at
+     least 3 placeholders", "exactly 2 bullet points");      6. put a candidate in place of a token, or before it.
 A verdict a small edit cannot flip ("at least 300 words", a paragraph count, the response's language) exhausts the
 budget: such a rubric is about the whole response, and its response is labelled 1 everywhere (counted apart).
 A put has no place the response marks (trap 2 of METHOD.md §4): the edited side's label is identifiable (the word
@@ -31,6 +34,7 @@ from discriminator import make_example, token_diff_labels
 
 MAX_CALLS = 600                  # checker calls per (response, rubric): bounds the search (IFEval's slowest, the
 #                                  language check, costs ~12 ms a call on a 2-core CPU)
+MAX_REPEAT = 4                   # step 5 puts a candidate in up to this many times
 
 
 def candidate_edits(ids: list[int], puts: list[list[int]], tail: int = 1) -> Iterator[tuple[str, list[int]]]:
@@ -53,8 +57,11 @@ def candidate_edits(ids: list[int], puts: list[list[int]], tail: int = 1) -> Ite
     for width in (2, 3):                                                          # 4. a short span out
         for t in range(len(body) - width + 1):
             yield "delete", body[:t] + body[t + width:] + eos
+    for times in range(2, MAX_REPEAT + 1):                                        # 5. put in several times, at the end
+        for new in puts:
+            yield "put", body + new * times + eos
     for new in puts:
-        for t in range(len(body)):                                                # 5. in place of a token, or before it
+        for t in range(len(body)):                                                # 6. in place of a token, or before it
             if body[t:t + 1] != new:
                 yield "put", body[:t] + new + body[t + 1:] + eos
             yield "put", body[:t] + new + body[t:] + eos
@@ -92,16 +99,19 @@ def label_pair(ids: list[int], edited: list[int] | None, kind: str, rubric: dict
             for (side_ids, labels, meets, holds_edit), is_edit in zip(sides, (False, True))]
 
 
-PUT_TEXTS = (",", ".", "!", "*", "#", "\n", '"', " The", " the")       # tokens any rubric's edit may put in
+PUT_TEXTS = (",", ".", "!", "*", "#", "\n", '"', " The", " the",           # tokens any rubric's edit may put in,
+             " <<title>>", " [name]", "\n* point", " *note*")                # and markup a format rubric counts
 
 
 def put_candidates(tokenizer, rubric: dict) -> list[list[int]]:
     """Token sequences an edit may put into a response: the rubric's own words (keywords, forbidden words, an end
-    phrase, a letter, ...) each with a leading space, then PUT_TEXTS (punctuation, a capitalised and a plain word)."""
+    phrase, a letter, ...) each with a leading space, all of them together when there are several, then PUT_TEXTS
+    (punctuation, a capitalised and a plain word, markup: a title, a placeholder, a bullet point, a highlight)."""
     args = rubric.get("args", {})
-    words = [v for v in args.values() if isinstance(v, str)] + [
-        w for v in args.values() if isinstance(v, list) for w in v if isinstance(w, str)]
-    texts = [" " + w.strip() for w in words if w.strip()] + list(PUT_TEXTS)
+    words = [w.strip() for w in [v for v in args.values() if isinstance(v, str)] + [
+        w for v in args.values() if isinstance(v, list) for w in v if isinstance(w, str)] if w.strip()]
+    together = [" " + " ".join(words)] if len(words) > 1 else []
+    texts = [" " + w for w in words] + together + list(PUT_TEXTS)
     return [ids for ids in dict.fromkeys(tuple(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
             if ids]
 

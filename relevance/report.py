@@ -5,8 +5,9 @@ Paper:    the paper reports no accuracy for its discriminator; we measure ours (
 Input:    examples {"description", "response_ids", "labels", "type", "side", "violated", "identifiable", ...}
           (relevance/rubric_world_labels.py, relevance/checker_edits.py) and each provider's scores per example
 Output:   {group: {provider: {"f1", "precision", "recall", "auroc", "top1_violated", "examples", ...}}} over: all
-          examples, identifiable or not, each label scope, each rubric type, each (type, side); a table; heat maps
-          of one response (rows = rubrics, columns = tokens, colour = w) in the terminal, as HTML and as PNG.
+          examples, identifiable or not, each label scope, each rubric type, each (type, scope), each (type, side);
+          a table; heat maps of one response (rows = rubrics, columns = tokens, colour = w) in the terminal, as
+          HTML and as PNG.
 Baselines. uniform (w = 1 everywhere: F1 = the share of relevant tokens, AUROC 0.5), random (w ~ U(0, 1)), and on
           Rubric World the greedy quote baseline (relevance/rubric_world_labels.greedy_predictions).
 """
@@ -32,12 +33,14 @@ def held_out_report(model, tokenizer, examples: list[dict], seed: int = 0) -> di
 
 def evaluate(examples: list[dict], predictions: dict[str, list[torch.Tensor]]) -> dict:
     """token_metrics of every provider on: all examples, the identifiable / not identifiable ones, each scope
-    (token labels / whole response, when known), each rubric type, and each (type, side): {group: {provider: ...}}."""
+    (token labels / whole response, when known), each rubric type, each (type, scope) and each (type, side):
+    {group: {provider: ...}}."""
     groups: dict[str, list[int]] = {"all": list(range(len(examples))), "identifiable": [], "not_identifiable": []}
     for i, example in enumerate(examples):
         groups["identifiable" if example["identifiable"] else "not_identifiable"].append(i)
         if "scope" in example:
             groups.setdefault(f"scope/{example['scope']}", []).append(i)
+            groups.setdefault(f"type_scope/{example['type']}/{example['scope']}", []).append(i)
         groups.setdefault(f"type/{example['type']}", []).append(i)
         groups.setdefault(f"type_side/{example['type']}/{example['side']}", []).append(i)
     return {group: {name: token_metrics([probs[i] for i in idx], [examples[i]["labels"] for i in idx],
@@ -66,12 +69,12 @@ def rubric_world_report(model, tokenizer, baselines: bool = True, seed: int = 0)
 
 def summary_table(split_report: dict) -> str:
     """One line per group (all, identifiable or not, each rubric type): F1 / AUROC / top-1-violated of every
-    provider; the per-(type, side) groups stay in the JSON."""
+    provider; the per-(type, scope) and per-(type, side) groups stay in the JSON."""
     providers = list(split_report["all"])
     lines = [f"{'group':34s}" + "".join(f"{p:>26s}" for p in providers),
              f"{'':34s}" + "".join(f"{'F1   AUROC  top1':>26s}" for _ in providers)]
     for group, by_provider in split_report.items():
-        if group == "greedy_parsing" or group.startswith("type_side/"):
+        if group == "greedy_parsing" or group.startswith(("type_side/", "type_scope/")):
             continue
         cells = "".join(f"{m['f1']:14.3f}{m['auroc']:6.3f}{m['top1_violated']:6.3f}" for m in by_provider.values())
         lines.append(f"{group:28s}{by_provider[providers[0]]['examples']:6d}{cells}")

@@ -57,6 +57,28 @@ def test_checker_search_labels_the_token_that_decides_and_counts_the_rest():
     assert stats["crashes"]["crashed"] == 1 and stats["llm"]["no_checker"] == 2
 
 
+def test_an_absence_is_labelled_by_what_putting_it_in_takes_several_words_or_several_times():
+    _, tok = build_tiny_chat_model("qwen2")
+    eos = tok.eos_token_id
+    ids = tok("the boat sails near the harbour", add_special_tokens=False)["input_ids"] + [eos]
+    prompt = {"id": "p", "rubrics": [
+        {"type": "both", "args": {"keywords": ["fish", "moon"]}, "description": "Include 'fish' and 'moon'."},
+        {"type": "placeholders", "args": {"n": 3}, "description": "Use at least 3 placeholders like [name]."}]}
+    checkers = {"both": lambda text, keywords: all(k in text.split() for k in keywords),
+                "placeholders": lambda text, n: text.count("[") >= n}
+    examples, stats = checker_edits.checker_examples([prompt], [[ids]], tok, checkers, max_calls=600)
+    assert stats["both"].get("token_labels") == 1 and stats["placeholders"].get("token_labels") == 1   # not whole
+    for rubric_type, text in (("both", " fish moon"), ("placeholders", " [name]" * 3)):
+        lacking, holding = [e for e in examples if e["type"] == rubric_type]
+        assert lacking["violated"] and lacking["response_ids"] == ids and not lacking["identifiable"]
+        assert not holding["violated"] and holding["identifiable"] and holding["edited"]
+        put = tok(text, add_special_tokens=False)["input_ids"]
+        assert [i for i, y in zip(holding["response_ids"], holding["labels"]) if y] == put   # only what was put in
+    one_word = checker_edits.put_candidates(tok, {"args": {"keywords": ["fish"]}})
+    assert tuple(tok(" fish", add_special_tokens=False)["input_ids"]) in one_word and len(one_word) == 1 + len(
+        checker_edits.PUT_TEXTS)                                        # one word: nothing to put in together
+
+
 def test_labelling_in_forked_processes_gives_what_one_process_gives():
     _, tok = build_tiny_chat_model("qwen2")
     eos = tok.eos_token_id
@@ -160,6 +182,19 @@ def test_a_changed_recipe_redoes_only_the_stages_it_changes(tiny_real_setup, mon
     assert calls == {"sample": 2, "label": 4} and not resampled["labels_reused"]
     build.build_real_discriminator(policy_dir, data_path, recipe={"steps": 30, "seed": 1}, rebuild=True)
     assert calls == {"sample": 2, "label": 6}                 # --rebuild relabels; the same samples are read back
+
+
+def test_zero_unidentifiable_trains_only_the_side_without_the_edit_to_zero(tiny_real_setup):
+    rows = [{"scope": "tokens", "identifiable": True, "labels": [0.0, 1.0]},     # the side holding the edit
+            {"scope": "tokens", "identifiable": False, "labels": [1.0, 0.0]},    # the other side: where it was
+            {"scope": "whole", "identifiable": False, "labels": [1.0, 1.0]}]     # no edit: the whole response
+    assert build.training_examples(rows, {"unidentifiable": "diff"}) == rows
+    zeroed = build.training_examples(rows, {"unidentifiable": "zero"})
+    assert [r["labels"] for r in zeroed] == [[0.0, 1.0], [0.0, 0.0], [1.0, 1.0]]
+    assert rows[1]["labels"] == [1.0, 0.0]                                       # the saved pairs are not changed
+    policy_dir, data_path = tiny_real_setup
+    with pytest.raises(ValueError, match="choose 'diff' or 'zero'"):
+        build.build_real_discriminator(policy_dir, data_path, recipe={"unidentifiable": "drop"})
 
 
 def test_train_builds_the_discriminator_of_a_real_policy_on_first_use(tiny_real_setup, tmp_path):
@@ -270,13 +305,40 @@ def test_candidates_are_measured_on_the_builds_held_out_pairs_and_a_later_run_ad
     assert first["examples"]["policy"] == meta["policy_examples"] and first["examples"]["reference"] > 0
     assert first["variants"]["word_match+reference"]["examples"] == sum(first["examples"].values())
     assert first["variants"]["policy_pca"]["report"]["all"]["discriminator"]["examples"] == meta["held_out_examples"]
+    assert first["build"]["recipe"] == first["variants"]["word_match+reference"]["recipe"]   # the recipe's variant
+    same = [json.dumps(run["report"], sort_keys=True) for run in (first["build"], first["variants"]["word_match+reference"])]
+    assert same[0] == same[1]                                      # is the build, exactly (NaN top-1s compared too)
     plot = tmp_path / "curve.png"
     second = candidates.main(argv + ["--variants", "", "--curve", "word_match+reference", "--fractions", "0.5",
                                      "--plot", str(plot)])
-    assert set(second["variants"]) == {"policy_pca", "word_match+reference"} and set(second["curve"]) == {"0.5"}
-    assert json.load(open(out))["curve"]["0.5"]["examples"] == round(0.5 * sum(first["examples"].values()))
+    assert set(second["variants"]) == {"policy_pca", "word_match+reference"}
+    assert set(second["curve"]) == {"word_match+reference"} and set(second["curve"]["word_match+reference"]) == {"0.5"}
+    saved_curve = json.load(open(out))["curve"]["word_match+reference"]
+    assert saved_curve["0.5"]["examples"] == round(0.5 * sum(first["examples"].values()))
     assert plot.exists()
     with pytest.raises(SystemExit, match="--plot draws the learning curve"):
         candidates.main(argv + ["--plot", str(plot)])
     with pytest.raises(SystemExit, match="unknown variants"):
         candidates.main(argv + ["--variants", "wider"])
+
+
+def test_the_report_groups_every_example_by_scope_type_and_side():
+    from discriminator import token_metrics
+    from relevance.report import evaluate
+    rows = [{"labels": [0.0, 1.0, 0.0], "violated": True, "identifiable": True, "scope": "tokens", "type": "a",
+             "side": "negative"},
+            {"labels": [1.0, 1.0], "violated": True, "identifiable": False, "scope": "whole", "type": "a",
+             "side": "negative"},
+            {"labels": [1.0, 0.0], "violated": False, "identifiable": False, "scope": "tokens", "type": "b",
+             "side": "positive"}]
+    probs = [torch.tensor([0.1, 0.9, 0.6]), torch.tensor([0.7, 0.2]), torch.tensor([0.3, 0.4])]
+    report = evaluate(rows, {"model": probs})
+    members = {"all": [0, 1, 2], "identifiable": [0], "not_identifiable": [1, 2], "scope/tokens": [0, 2],
+               "scope/whole": [1], "type/a": [0, 1], "type/b": [2], "type_scope/a/tokens": [0],
+               "type_scope/a/whole": [1], "type_scope/b/tokens": [2], "type_side/a/negative": [0, 1],
+               "type_side/b/positive": [2]}
+    assert set(report) == set(members)
+    for group, idx in members.items():
+        expected = token_metrics([probs[i] for i in idx], [rows[i]["labels"] for i in idx],
+                                 [rows[i]["violated"] for i in idx])
+        assert json.dumps(report[group]["model"], sort_keys=True) == json.dumps(expected, sort_keys=True)
