@@ -435,7 +435,10 @@ def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
 def token_metrics(probs: list[torch.Tensor], labels: list[list[float]], violated: list[bool],
                   threshold: float = 0.5) -> dict:
     """Token precision / recall / F1 at `threshold`, AUROC, and top-1 accuracy on violated rubrics: over
-    examples that violate the rubric and have a relevant token, the share whose top-scored token is relevant."""
+    examples that violate the rubric and have a relevant token, the share whose top-scored token is relevant.
+    Tokens tied at the top share the hit (the chance that one of them drawn at random is relevant), as AUROC
+    counts a tie 1/2: uniform relevance scores the share of relevant tokens, not the label of whichever tied
+    token an argmax happens to return first."""
     if not probs:
         return {"examples": 0}
     scores = torch.cat([p.float() for p in probs])
@@ -444,7 +447,8 @@ def token_metrics(probs: list[torch.Tensor], labels: list[list[float]], violated
     tp = int((predicted & truth).sum())
     precision = tp / max(int(predicted.sum()), 1)
     recall = tp / max(int(truth.sum()), 1)
-    hits = [float(y[int(torch.argmax(p))]) > 0.5 for p, y, v in zip(probs, labels, violated) if v and max(y) > 0.5]
+    hits = [float((torch.tensor(y)[p == p.max()] > 0.5).float().mean()) for p, y, v in zip(probs, labels, violated)
+            if v and max(y) > 0.5]
     return {"examples": len(probs), "tokens": int(truth.numel()), "relevant_share": float(truth.float().mean()),
             "precision": precision, "recall": recall,
             "f1": 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0,

@@ -21,13 +21,16 @@ Each is the build's recipe (relevance/build.REAL_RECIPE) with the settings above
 no word-match input, diff labels on both sides) and then its own changes.
 Learning curve (--curve NAME --fractions ...): NAME trained on seeded subsets of its examples, same steps; its point
 on all examples is NAME's own run or, when the build trained NAME's recipe on all the pairs, the build's report.
+Compute (--steps N): the --variants trained N steps instead of the recipe's, stored as "<name>, N steps".
 
 Run:  python experiments/discriminator_candidates.py --policy smollm2 --data ifeval_train \
-          --variants policy_pca,word_match,reference,word_match+reference \
+          --variants zero_unidentifiable,word_match+reference,policy_pca,word_match,reference \
           --json results/smollm2_discriminator_candidates.json
-      python experiments/discriminator_candidates.py --variants "" --curve word_match+reference --fractions 0.25 \
-          --json results/smollm2_discriminator_candidates.json --plot results/smollm2_discriminator_curve.png
-      python experiments/discriminator_candidates.py --policy smollm2 --data ifeval --variants policy_pca,random,small
+      python experiments/discriminator_candidates.py --variants "" --curve word_match+reference \
+          --fractions 0.125,0.25,0.5 --json results/smollm2_discriminator_candidates.json \
+          --plot results/smollm2_discriminator_curve.png
+      python experiments/discriminator_candidates.py --variants word_match+reference --steps 4000 \
+          --json results/smollm2_discriminator_candidates.json
 """
 
 import argparse
@@ -114,11 +117,16 @@ def main(argv: list[str]) -> dict:
                         help=f"comma-separated, of {', '.join(VARIANTS)} (empty: only the curve)")
     parser.add_argument("--curve", default="", help="a variant to train on fractions of its examples")
     parser.add_argument("--fractions", default="0.125,0.25,0.5", help="the learning curve's fractions of the examples")
+    parser.add_argument("--steps", type=int, help="train the --variants this many steps instead of the recipe's "
+                        "(stored as '<variant>, <steps> steps': the compute axis)")
     parser.add_argument("--json", default="", help="write the results here (a run adds to this file's candidates)")
     parser.add_argument("--plot", default="", help="PNG of the learning curve (with --curve)")
     args = parser.parse_args(argv)
     if args.plot and not args.curve:
         raise SystemExit("--plot draws the learning curve: name its variant with --curve")
+    if args.steps is not None and (args.steps < 1 or args.curve):
+        raise SystemExit("--steps takes a positive number and applies to --variants only (the learning curve "
+                         "is over data, at the recipe's steps)")
     names = [n for n in args.variants.split(",") if n]
     wanted = names + ([args.curve] if args.curve else [])
     unknown = [n for n in wanted if n not in VARIANTS]
@@ -171,10 +179,13 @@ def main(argv: list[str]) -> dict:
     for name in names:
         changes, pair_sources = VARIANTS[name]
         chosen = [e for source in pair_sources for e in sources[source]]
-        recipe = {**build.REAL_RECIPE, **PINNED, **changes}
-        results["variants"][name] = {"recipe": recipe, "sources": pair_sources,
-                                     **train_and_measure(name, policy_model, tokenizer, recipe, chosen, held_out)}
-        print(line(name, results["variants"][name]))
+        recipe = {**build.REAL_RECIPE, **PINNED, **changes, **({"steps": args.steps} if args.steps else {})}
+        label = f"{name}, {args.steps} steps" if args.steps else name
+        results["variants"][label] = {"recipe": recipe, "sources": pair_sources,
+                                      **train_and_measure(label, policy_model, tokenizer, recipe, chosen, held_out)}
+        print(line(label, results["variants"][label]))
+        if args.json:
+            write_json(args.json, results)                     # after every run: a stopped run keeps what it did
     if args.curve:
         changes, pair_sources = VARIANTS[args.curve]
         chosen = [e for source in pair_sources for e in sources[source]]
@@ -184,6 +195,8 @@ def main(argv: list[str]) -> dict:
             curve[str(fraction)] = train_and_measure(f"{args.curve} x{fraction}", policy_model, tokenizer,
                                                      {**build.REAL_RECIPE, **PINNED, **changes}, subset, held_out)
             print(line(f"{args.curve} x{fraction}", curve[str(fraction)]))
+            if args.json:
+                write_json(args.json, results)
     if args.json:
         write_json(args.json, results)
     if args.plot:

@@ -318,6 +318,10 @@ def test_candidates_are_measured_on_the_builds_held_out_pairs_and_a_later_run_ad
     assert plot.exists()
     with pytest.raises(SystemExit, match="--plot draws the learning curve"):
         candidates.main(argv + ["--plot", str(plot)])
+    third = candidates.main(argv + ["--variants", "policy_pca", "--steps", "3"])      # the compute axis
+    assert third["variants"]["policy_pca, 3 steps"]["recipe"]["steps"] == 3 and "policy_pca" in third["variants"]
+    with pytest.raises(SystemExit, match="applies to --variants only"):
+        candidates.main(argv + ["--curve", "policy_pca", "--steps", "3"])
     with pytest.raises(SystemExit, match="unknown variants"):
         candidates.main(argv + ["--variants", "wider"])
 

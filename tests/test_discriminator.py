@@ -200,6 +200,9 @@ def test_token_metrics_by_hand():
     m = disc.token_metrics(probs, labels, violated=[True, True])
     assert (m["precision"], m["recall"], m["f1"]) == pytest.approx((1 / 3, 1 / 2, 0.4))
     assert m["top1_violated"] == 0.5 and m["auroc"] == 0.5                      # 3 of the 6 pairs ordered
+    tied = disc.token_metrics([torch.ones(4), torch.tensor([0.2, 0.7, 0.7])], [[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0]],
+                              violated=[True, True])
+    assert tied["top1_violated"] == pytest.approx((1 / 4 + 1 / 2) / 2)          # a tie at the top shares the hit
 
 
 def test_bce_ignores_everything_but_response_tokens():
