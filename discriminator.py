@@ -434,11 +434,7 @@ def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
 
 def token_metrics(probs: list[torch.Tensor], labels: list[list[float]], violated: list[bool],
                   threshold: float = 0.5) -> dict:
-    """Token precision / recall / F1 at `threshold`, AUROC, and top-1 accuracy on violated rubrics: over
-    examples that violate the rubric and have a relevant token, the share whose top-scored token is relevant.
-    Tokens tied at the top share the hit (the chance that one of them drawn at random is relevant), as AUROC
-    counts a tie 1/2: uniform relevance scores the share of relevant tokens, not the label of whichever tied
-    token an argmax happens to return first."""
+    """Token precision / recall / F1 at `threshold`, AUROC, and top-1 on violated rubrics with a relevant token."""
     if not probs:
         return {"examples": 0}
     scores = torch.cat([p.float() for p in probs])
@@ -447,6 +443,7 @@ def token_metrics(probs: list[torch.Tensor], labels: list[list[float]], violated
     tp = int((predicted & truth).sum())
     precision = tp / max(int(predicted.sum()), 1)
     recall = tp / max(int(truth.sum()), 1)
+    # top-1 relevant? Tokens tied at the top share the hit (uniform w: the share of relevant tokens, not argmax's first)
     hits = [float((torch.tensor(y)[p == p.max()] > 0.5).float().mean()) for p, y, v in zip(probs, labels, violated)
             if v and max(y) > 0.5]
     return {"examples": len(probs), "tokens": int(truth.numel()), "relevant_share": float(truth.float().mean()),
