@@ -197,8 +197,6 @@ def main(argv: list[str]) -> dict:
             print(line(f"{args.curve} x{fraction}", curve[str(fraction)]))
             if args.json:
                 write_json(args.json, results)
-    if args.json:
-        write_json(args.json, results)
     if args.plot:
         plot_curve(results, args.curve, args.plot)
         print(f"learning curve -> {args.plot}")

@@ -213,19 +213,18 @@ def build_real_discriminator(policy: str, data: str, out_dir: str = "", recipe: 
                              {k: recipe[k] for k in LABEL_SETTINGS}, labelling_code())
     key = fingerprint(labels_key, recipe, INSTRUCTION)
     out_dir = out_dir or real_cache_dir(policy, data)
-    meta_path = os.path.join(out_dir, META_FILE)
-    if not rebuild and os.path.exists(meta_path):
-        with open(meta_path) as f:
-            meta = json.load(f)
-        if meta.get("key") == key:
-            disc, disc_tokenizer = load_discriminator(out_dir, tokenizer, device)
-            return disc, disc_tokenizer, meta
+    meta = None if rebuild else saved_stage(os.path.join(out_dir, META_FILE), "key", key)
+    if meta is not None:
+        disc, disc_tokenizer = load_discriminator(out_dir, tokenizer, device)
+        return disc, disc_tokenizer, meta
     pairs = pairs_dir(out_dir)
-    labelled = None if rebuild else saved_labels(pairs, labels_key)
+    labelled = None if rebuild else saved_stage(os.path.join(pairs, LABELS_FILE), "labels_key", labels_key)
     reused = labelled is not None
     if not reused:
-        responses = sampled_responses(model, tokenizer, splits, recipe, os.path.join(pairs, SAMPLES_FILE),
-                                      samples_key)
+        responses = saved_stage(os.path.join(pairs, SAMPLES_FILE), "samples_key", samples_key)
+        if responses is None:
+            responses = sampled_responses(model, tokenizer, splits, recipe, os.path.join(pairs, SAMPLES_FILE),
+                                          samples_key)
         examples, held_out_examples, labelled = label_pairs(responses, tokenizer, splits, checkers, data, recipe,
                                                             workers)
         write_jsonl(os.path.join(pairs, "examples.jsonl"), examples)            # for inspection, for a retrain and
@@ -236,8 +235,8 @@ def build_real_discriminator(policy: str, data: str, out_dir: str = "", recipe: 
         print(f"the labelled pairs in {pairs} are reused (sampled and labelled as this recipe asks; that took "
               f"{labelled['sample_s'] + labelled['label_s'] + labelled.get('reference_label_s', 0):.0f} s): "
               "training only")
-    examples = read_jsonl(os.path.join(pairs, "examples.jsonl"))               # read back either way: a retrain
-    held_out_examples = read_jsonl(os.path.join(pairs, "held_out_examples.jsonl"))     # reads what a build read
+        examples = read_jsonl(os.path.join(pairs, "examples.jsonl"))
+        held_out_examples = read_jsonl(os.path.join(pairs, "held_out_examples.jsonl"))
     tic = time.time()
     disc = encoder_for(model, tokenizer, recipe)
     with tqdm(total=recipe["steps"], desc="discriminator", mininterval=2.0) as bar:
@@ -260,13 +259,8 @@ def build_real_discriminator(policy: str, data: str, out_dir: str = "", recipe: 
 
 def sampled_responses(model, tokenizer, splits: dict, recipe: dict, path: str, samples_key: str) -> dict:
     """The policy's responses to the first recipe["train_prompts"] training prompts and to every held-out prompt
-    (recipe["samples"] each, the RL decoding), as token-id lists: read from `path` when sampled as `samples_key` says,
-    else sampled and saved there. {"train", "held_out", "sample_s", "samples_key"}."""
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
-        if saved.get("samples_key") == samples_key:
-            return saved
+    (recipe["samples"] each, the RL decoding), as token-id lists, saved to `path` with `samples_key`:
+    {"train", "held_out", "sample_s", "samples_key"}."""
     tic = time.time()
     train = policy_responses(model, tokenizer, splits["train"][:recipe["train_prompts"]], recipe, recipe["seed"])
     held_out = policy_responses(model, tokenizer, splits["val"] + splits["test"], recipe, recipe["seed"] + 1)
@@ -318,17 +312,14 @@ def pairs_dir(out_dir: str) -> str:
     return os.path.abspath(out_dir).rstrip(os.sep) + "-pairs"
 
 
-def saved_labels(pairs: str, labels_key: str) -> dict | None:
-    """The label summary of the pairs saved in `pairs` when they were sampled and labelled as `labels_key` says
-    (same policy, prompts, sampling and labelling settings, labelling code), else None."""
-    path = os.path.join(pairs, LABELS_FILE)
+def saved_stage(path: str, field: str, key: str) -> dict | None:
+    """The JSON a build stage saved at `path` (the model's meta, the sampled responses, the label summary) when its
+    `field` holds `key` — it was made from what is asked now — else None."""
     if not os.path.exists(path):
         return None
     with open(path) as f:
-        labelled = json.load(f)
-    if labelled.get("labels_key") != labels_key:
-        return None
-    return labelled
+        saved = json.load(f)
+    return saved if saved.get(field) == key else None
 
 
 def labelling_code() -> str:
