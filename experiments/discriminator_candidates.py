@@ -17,11 +17,17 @@ Candidates (--variants): the pairs each trains on, and what it changes in the bu
                         (discriminator.word_match_marks)
   word_match+reference  both
   zero_unidentifiable   both, and the side of a pair without the edit trained to 0 (relevance/build.training_examples)
+  wide                  word_match+reference, twice the width (hidden 256, feed-forward 512)
+  deep                  word_match+reference, twice the depth (4 layers)
+  policy_layers         both pairs; the policy's own first 2 layers as a causal classifier, embeddings frozen
+                        (relevance/build.policy_layers_classifier; no word-match input), lr 3e-4, 1,000 steps
 Each is the build's recipe (relevance/build.REAL_RECIPE) with the settings above pinned (word embeddings from a PCA,
 no word-match input, diff labels on both sides) and then its own changes.
 Learning curve (--curve NAME --fractions ...): NAME trained on seeded subsets of its examples, same steps; its point
 on all examples is NAME's own run or, when the build trained NAME's recipe on all the pairs, the build's report.
 Compute (--steps N): the --variants trained N steps instead of the recipe's, stored as "<name>, N steps".
+Noise (--seed N): the --variants trained from another initialisation and batch order, stored as "<name>, seed N":
+how far two runs of one recipe differ is the yardstick for a difference between candidates.
 
 Run:  python experiments/discriminator_candidates.py --policy smollm2 --data ifeval_train \
           --variants zero_unidentifiable,word_match+reference,policy_pca,word_match,reference \
@@ -30,6 +36,8 @@ Run:  python experiments/discriminator_candidates.py --policy smollm2 --data ife
           --fractions 0.125,0.25,0.5 --json results/smollm2_discriminator_candidates.json \
           --plot results/smollm2_discriminator_curve.png
       python experiments/discriminator_candidates.py --variants word_match+reference --steps 4000 \
+          --json results/smollm2_discriminator_candidates.json
+      python experiments/discriminator_candidates.py --variants word_match+reference --seed 1 \
           --json results/smollm2_discriminator_candidates.json
 """
 
@@ -59,6 +67,10 @@ VARIANTS = {  # name -> (changes to PINNED, pair sources)                       
     "word_match": ({"word_match": True}, ("policy",)),
     "word_match+reference": ({"word_match": True}, ("policy", "reference")),
     "zero_unidentifiable": ({"word_match": True, "unidentifiable": "zero"}, ("policy", "reference")),
+    "wide": ({"word_match": True, "hidden": 256, "intermediate": 512}, ("policy", "reference")),
+    "deep": ({"word_match": True, "layers": 4}, ("policy", "reference")),
+    "policy_layers": ({"init": "policy_layers", "backbone": "causal", "layers": 2, "hidden": None, "heads": None,
+                       "intermediate": None, "lr": 3e-4, "steps": 1000}, ("policy", "reference")),
 }
 MIN_TYPE_EXAMPLES = 20                   # a rubric type is compared with uniform relevance from this many examples
 
@@ -119,6 +131,8 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--fractions", default="0.125,0.25,0.5", help="the learning curve's fractions of the examples")
     parser.add_argument("--steps", type=int, help="train the --variants this many steps instead of the recipe's "
                         "(stored as '<variant>, <steps> steps': the compute axis)")
+    parser.add_argument("--seed", type=int, help="train the --variants from this seed instead of the recipe's "
+                        "(stored as '<variant>, seed <seed>': run-to-run noise)")
     parser.add_argument("--json", default="", help="write the results here (a run adds to this file's candidates)")
     parser.add_argument("--plot", default="", help="PNG of the learning curve (with --curve)")
     args = parser.parse_args(argv)
@@ -127,6 +141,9 @@ def main(argv: list[str]) -> dict:
     if args.steps is not None and (args.steps < 1 or args.curve):
         raise SystemExit("--steps takes a positive number and applies to --variants only (the learning curve "
                          "is over data, at the recipe's steps)")
+    if args.seed is not None and (args.seed < 0 or args.curve):
+        raise SystemExit("--seed takes a number >= 0 and applies to --variants only (the learning curve is at the "
+                         "recipe's seed)")
     names = [n for n in args.variants.split(",") if n]
     wanted = names + ([args.curve] if args.curve else [])
     unknown = [n for n in wanted if n not in VARIANTS]
@@ -179,8 +196,14 @@ def main(argv: list[str]) -> dict:
     for name in names:
         changes, pair_sources = VARIANTS[name]
         chosen = [e for source in pair_sources for e in sources[source]]
-        recipe = {**build.REAL_RECIPE, **PINNED, **changes, **({"steps": args.steps} if args.steps else {})}
-        label = f"{name}, {args.steps} steps" if args.steps else name
+        recipe = {**build.REAL_RECIPE, **PINNED, **changes}
+        label = name
+        if args.steps:
+            recipe["steps"] = args.steps
+            label += f", {args.steps} steps"
+        if args.seed is not None:
+            recipe["seed"] = args.seed
+            label += f", seed {args.seed}"
         results["variants"][label] = {"recipe": recipe, "sources": pair_sources,
                                       **train_and_measure(label, policy_model, tokenizer, recipe, chosen, held_out)}
         print(line(label, results["variants"][label]))

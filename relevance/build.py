@@ -33,7 +33,7 @@ import time
 
 import torch
 from tqdm import tqdm
-from transformers import AutoTokenizer
+from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from discriminator import (INSTRUCTION, META_FILE, build_toy_discriminator, check_same_tokenizer,
                            load_discriminator, save_discriminator, train_discriminator, vocab_fingerprint)
@@ -158,7 +158,10 @@ def reference_pairs(train_prompts: list[dict], held_out: list[dict], tokenizer, 
 
 def encoder_for(policy_model, tokenizer, recipe: dict):
     """The recipe's token classifier over the policy's vocabulary; "policy_pca": word embeddings start from the
-    top principal directions of the policy's own input embeddings (token similarity the policy already learnt)."""
+    top principal directions of the policy's own input embeddings (token similarity the policy already learnt);
+    "policy_layers": the policy's own first recipe["layers"] blocks (policy_layers_classifier)."""
+    if recipe["init"] == "policy_layers":
+        return policy_layers_classifier(policy_model, tokenizer, recipe)
     model = build_toy_discriminator(tokenizer, recipe["backbone"], recipe["hidden"], recipe["layers"], recipe["heads"],
                                     recipe["intermediate"], max_len=1024, seed=recipe["seed"],
                                     word_match=recipe.get("word_match", False))
@@ -169,6 +172,33 @@ def encoder_for(policy_model, tokenizer, recipe: dict):
         projected = centred @ directions                                          # (V, h)
         with torch.no_grad():
             model.get_input_embeddings().weight.copy_(projected / projected.std() * 0.02)
+    return model
+
+
+def policy_layers_classifier(policy_model, tokenizer, recipe: dict):
+    """A causal token classifier that is the policy's word embeddings (kept frozen: 49k x 576 for SmolLM2) and its
+    first recipe["layers"] transformer blocks and final norm (trained), with a new one-logit head: what the policy
+    already knows of words ("commas" and ",") without learning it from the pairs. Its width is the policy's, so the
+    recipe's hidden, heads and intermediate must be None; a causal model has no token types to read word_match."""
+    given = {k: recipe[k] for k in ("hidden", "heads", "intermediate") if recipe[k] is not None}
+    if given or recipe["word_match"] or recipe["backbone"] != "causal":
+        raise ValueError(f"init 'policy_layers' takes the policy's width and is causal: set hidden, heads and "
+                         f"intermediate to None, word_match False, backbone 'causal' (got {given}, word_match="
+                         f"{recipe['word_match']}, backbone {recipe['backbone']!r})")
+    if not 1 <= recipe["layers"] <= policy_model.config.num_hidden_layers:
+        raise ValueError(f"init 'policy_layers' takes 1 to {policy_model.config.num_hidden_layers} of the policy's "
+                         f"layers, got {recipe['layers']}")
+    settings = {k: v for k, v in policy_model.config.to_dict().items() if k not in ("id2label", "label2id")}
+    if settings.get("layer_types"):                                              # Qwen2: one attention type per layer
+        settings["layer_types"] = settings["layer_types"][:recipe["layers"]]
+    settings.update(num_labels=1, num_hidden_layers=recipe["layers"], pad_token_id=tokenizer.pad_token_id)
+    config = policy_model.config.__class__.from_dict(settings)
+    torch.manual_seed(recipe["seed"])                                             # the new head's initialisation
+    model = AutoModelForTokenClassification.from_config(config).float()
+    missing, _ = model.base_model.load_state_dict(policy_model.base_model.state_dict(), strict=False)
+    if missing:
+        raise ValueError(f"the policy has no weights for {missing[:3]}: it is not the classifier's architecture")
+    model.get_input_embeddings().weight.requires_grad_(False)
     return model
 
 

@@ -197,6 +197,36 @@ def test_zero_unidentifiable_trains_only_the_side_without_the_edit_to_zero(tiny_
         build.build_real_discriminator(policy_dir, data_path, recipe={"unidentifiable": "drop"})
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_policy_layers_are_the_policys_own_first_blocks_and_train_all_but_the_embeddings(family, tmp_path):
+    from discriminator import load_discriminator, predict_examples, save_discriminator, train_discriminator
+    policy, tokenizer = build_tiny_chat_model(family, seed=3, layers=3)
+    recipe = {**build.REAL_RECIPE, "init": "policy_layers", "backbone": "causal", "layers": 2, "hidden": None,
+              "heads": None, "intermediate": None, "word_match": False}
+    classifier = build.encoder_for(policy, tokenizer, recipe)
+    assert classifier.score.out_features == 1                                     # one logit, not the config's two
+    ids = torch.tensor([tokenizer("Do not use commas. Sure, here it is.")["input_ids"]])
+    with torch.no_grad():
+        after_two = policy(ids, output_hidden_states=True).hidden_states[2]       # (1, L, H) before the final norm
+        mine = classifier.base_model(ids).last_hidden_state                        # (1, L, H) after it
+    torch.testing.assert_close(mine, policy.base_model.norm(after_two))
+    embeddings = classifier.get_input_embeddings().weight.detach().clone()
+    block = classifier.base_model.layers[0].mlp.up_proj.weight.detach().clone()
+    example = {"description": "Do not use commas.", "response_ids": ids[0, 5:].tolist(),
+               "labels": [1.0] + [0.0] * (ids.shape[1] - 6)}
+    train_discriminator(classifier, tokenizer, [example], steps=3, batch_size=2, lr=1e-2)
+    assert torch.equal(classifier.get_input_embeddings().weight, embeddings)      # frozen
+    assert not torch.equal(classifier.base_model.layers[0].mlp.up_proj.weight, block)   # trained
+    save_discriminator(classifier, tokenizer, str(tmp_path / "d"))
+    loaded, loaded_tokenizer = load_discriminator(str(tmp_path / "d"), tokenizer)
+    torch.testing.assert_close(predict_examples(loaded, loaded_tokenizer, [example])[0],
+                               predict_examples(classifier, tokenizer, [example])[0])
+    for wrong, message in [({"word_match": True}, "causal"), ({"hidden": 64}, "policy's width"),
+                           ({"layers": 4}, "takes 1 to 3")]:
+        with pytest.raises(ValueError, match=message):
+            build.encoder_for(policy, tokenizer, {**recipe, **wrong})
+
+
 def test_train_builds_the_discriminator_of_a_real_policy_on_first_use(tiny_real_setup, tmp_path):
     policy_dir, data_path = tiny_real_setup
     summary = train.main(["paper", "--policy", policy_dir, "--data", data_path, "--judge", "rule", "--dtype", "float32",
@@ -322,8 +352,13 @@ def test_candidates_are_measured_on_the_builds_held_out_pairs_and_a_later_run_ad
     assert third["variants"]["policy_pca, 3 steps"]["recipe"]["steps"] == 3 and "policy_pca" in third["variants"]
     with pytest.raises(SystemExit, match="applies to --variants only"):
         candidates.main(argv + ["--curve", "policy_pca", "--steps", "3"])
+    fourth = candidates.main(argv + ["--variants", "policy_pca", "--steps", "3", "--seed", "1"])   # the noise axis
+    assert fourth["variants"]["policy_pca, 3 steps, seed 1"]["recipe"]["seed"] == 1
+    assert third["variants"]["policy_pca, 3 steps"]["recipe"]["seed"] == build.REAL_RECIPE["seed"] != 1
+    with pytest.raises(SystemExit, match="applies to --variants only"):
+        candidates.main(argv + ["--curve", "policy_pca", "--seed", "1"])
     with pytest.raises(SystemExit, match="unknown variants"):
-        candidates.main(argv + ["--variants", "wider"])
+        candidates.main(argv + ["--variants", "no_such_variant"])
 
 
 def test_the_report_groups_every_example_by_scope_type_and_side():
