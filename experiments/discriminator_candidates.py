@@ -26,6 +26,8 @@ no word-match input, diff labels on both sides) and then its own changes.
 Learning curve (--curve NAME --fractions ...): NAME trained on seeded subsets of its examples, same steps; its point
 on all examples is NAME's own run or, when the build trained NAME's recipe on all the pairs, the build's report.
 Compute (--steps N): the --variants trained N steps instead of the recipe's, stored as "<name>, N steps".
+Fit (--fit N): the build's own model on N of the examples it was trained on (seeded): a model that scores there
+what it scores held out did not fit its pairs; one far better there fitted them and does not carry over.
 Noise (--seed N): the --variants trained from another initialisation and batch order, stored as "<name>, seed N":
 how far two runs of one recipe differ is the yardstick for a difference between candidates.
 
@@ -38,6 +40,8 @@ Run:  python experiments/discriminator_candidates.py --policy smollm2 --data ife
       python experiments/discriminator_candidates.py --variants word_match+reference --steps 4000 \
           --json results/smollm2_discriminator_candidates.json
       python experiments/discriminator_candidates.py --variants word_match+reference --seed 1 \
+          --json results/smollm2_discriminator_candidates.json
+      python experiments/discriminator_candidates.py --variants "" --fit 752 \
           --json results/smollm2_discriminator_candidates.json
 """
 
@@ -53,7 +57,7 @@ from tqdm import tqdm
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from discriminator import token_metrics, train_discriminator  # noqa: E402
+from discriminator import load_discriminator, token_metrics, train_discriminator  # noqa: E402
 from policies import loading  # noqa: E402
 from relevance import build, report  # noqa: E402
 from runs.files import read_jsonl, write_json  # noqa: E402
@@ -133,6 +137,8 @@ def main(argv: list[str]) -> dict:
                         "(stored as '<variant>, <steps> steps': the compute axis)")
     parser.add_argument("--seed", type=int, help="train the --variants from this seed instead of the recipe's "
                         "(stored as '<variant>, seed <seed>': run-to-run noise)")
+    parser.add_argument("--fit", type=int, default=0, help="measure the build's own model on this many of its "
+                        "training examples (seeded)")
     parser.add_argument("--json", default="", help="write the results here (a run adds to this file's candidates)")
     parser.add_argument("--plot", default="", help="PNG of the learning curve (with --curve)")
     args = parser.parse_args(argv)
@@ -155,8 +161,10 @@ def main(argv: list[str]) -> dict:
         raise SystemExit(f"--fractions takes comma-separated numbers, got {args.fractions!r}") from error
     if not all(0 < f <= 1 for f in fractions):
         raise SystemExit(f"--fractions must lie in (0, 1], got {args.fractions!r}")
-    if not wanted:
-        raise SystemExit("nothing to train: name --variants or a --curve")
+    if args.fit < 0:
+        raise SystemExit(f"--fit takes a number of training examples, got {args.fit}")
+    if not wanted and not args.fit:
+        raise SystemExit("nothing to do: name --variants, a --curve or --fit")
     policy_model, tokenizer = loading.load_policy(args.policy, "cpu", "float32")
     pairs = build.pairs_dir(build.real_cache_dir(args.policy, args.data))
     try:
@@ -193,6 +201,26 @@ def main(argv: list[str]) -> dict:
                              "use a new --json")
         results["variants"] = before.get("variants", {})
         results["curve"] = before.get("curve", {})
+        earlier_fit = before.get("build_training_fit")
+        if earlier_fit and earlier_fit["recipe"] == results.get("build", {}).get("recipe"):   # the same model's
+            results["build_training_fit"] = earlier_fit
+    if args.fit:
+        if "build" not in results:
+            raise SystemExit("--fit measures the build's own model, and it was not trained on these pairs: run "
+                             f"python -m relevance.build --policy {args.policy} --data {args.data}")
+        disc, disc_tokenizer = load_discriminator(build.real_cache_dir(args.policy, args.data), tokenizer)
+        trained_on = build.training_examples(examples, results["build"]["recipe"])
+        sample = random.Random(0).sample(trained_on, min(args.fit, len(trained_on)))
+        results["build_training_fit"] = {"recipe": results["build"]["recipe"], "examples": len(sample),
+                                         "report": report.held_out_report(disc, disc_tokenizer, sample)}
+        seen = results["build_training_fit"]["report"]
+        unseen = results["build"]["report"]
+        figures = [f"{seen[group]['discriminator'][metric]:.3f} ({unseen[group]['discriminator'][metric]:.3f})"
+                   for group, metric in (("scope/tokens", "f1"), ("scope/tokens", "auroc"), ("all", "f1"))]
+        print(f"the build's model on {len(sample)} of its training examples (held out): token-scope F1 {figures[0]} "
+              f"AUROC {figures[1]} | all labels F1 {figures[2]}")
+        if args.json:
+            write_json(args.json, results)
     for name in names:
         changes, pair_sources = VARIANTS[name]
         chosen = [e for source in pair_sources for e in sources[source]]

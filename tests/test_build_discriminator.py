@@ -348,7 +348,11 @@ def test_candidates_are_measured_on_the_builds_held_out_pairs_and_a_later_run_ad
     assert plot.exists()
     with pytest.raises(SystemExit, match="--plot draws the learning curve"):
         candidates.main(argv + ["--plot", str(plot)])
+    fit = candidates.main(argv + ["--variants", "", "--fit", "5"])              # the build's model on its pairs
+    assert fit["build_training_fit"]["examples"] == 5 == fit["build_training_fit"]["report"]["all"]["uniform"]["examples"]
+    saved_fit = json.load(open(out))["build_training_fit"]
     third = candidates.main(argv + ["--variants", "policy_pca", "--steps", "3"])      # the compute axis
+    assert json.load(open(out))["build_training_fit"] == saved_fit                  # kept by a later run
     assert third["variants"]["policy_pca, 3 steps"]["recipe"]["steps"] == 3 and "policy_pca" in third["variants"]
     with pytest.raises(SystemExit, match="applies to --variants only"):
         candidates.main(argv + ["--curve", "policy_pca", "--steps", "3"])
