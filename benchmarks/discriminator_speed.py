@@ -61,7 +61,7 @@ def main() -> None:
     else:
         policy_model, tokenizer = loading.load_policy(cfg.policy, "cpu", "float32")
         disc_model, disc_tokenizer, _ = build.build_real_discriminator(cfg.policy, cfg.data)
-    relevance_fn = discriminator.make_relevance_fn(disc_model, disc_tokenizer, policy_tokenizer=tokenizer)
+    discriminator.check_same_tokenizer(disc_tokenizer, tokenizer)
     prompts = registry.load_splits(cfg.data)["train"][:b_size]
     prompt_ids = encode_prompts(tokenizer, prompts)
     generator = torch.Generator().manual_seed(0)
@@ -70,7 +70,8 @@ def main() -> None:
                                top_k=cfg.top_k, generator=generator)
     response_ids, token_mask = rollout()                                          # (B, G, T)
     generate_ms = median_ms(rollout, args.repeats)
-    relevance_ms = median_ms(lambda: relevance_fn(prompts, response_ids, token_mask), args.repeats)
+    relevance_ms = median_ms(lambda: discriminator.relevance(disc_model, disc_tokenizer, prompts, response_ids,
+                                                             token_mask), args.repeats)
     pairs = sum(len(p["rubrics"]) for p in prompts) * g_size
     print(f"{args.policy}: B={b_size} G={g_size}: {pairs} (response, rubric) pairs, response tokens "
           f"{int(token_mask.sum())} (T={token_mask.shape[-1]}), {args.threads} thread(s), median of {args.repeats}")

@@ -21,8 +21,9 @@ Candidates (--variants): the pairs each trains on, and what it changes in the bu
   deep                  word_match+reference, twice the depth (4 layers)
   policy_layers         both pairs; the policy's own first 2 layers as a causal classifier, embeddings frozen
                         (relevance/build.policy_layers_classifier; no word-match input), lr 3e-4, 1,000 steps
-Each is the build's recipe (relevance/build.REAL_RECIPE) with the settings above pinned (word embeddings from a PCA,
-no word-match input, diff labels on both sides) and then its own changes.
+Each is the build's recipe (relevance/build.REAL_RECIPE) with the settings above pinned (a 2-layer, 128-wide
+bidirectional encoder, word embeddings from a PCA, no word-match input, diff labels on both sides, 2,000 steps at lr
+1e-3) and then its own changes; policy_layers is the build's recipe.
 Learning curve (--curve NAME --fractions ...): NAME trained on seeded subsets of its examples, same steps; its point
 on all examples is NAME's own run or, when the build trained NAME's recipe on all the pairs, the build's report.
 Compute (--steps N): the --variants trained N steps instead of the recipe's, stored as "<name>, N steps".
@@ -51,6 +52,7 @@ import os
 import random
 import sys
 import time
+from collections import Counter
 
 import torch
 from tqdm import tqdm
@@ -62,8 +64,11 @@ from policies import loading  # noqa: E402
 from relevance import build, report  # noqa: E402
 from runs.files import read_jsonl, write_json  # noqa: E402
 
-PINNED = {"init": "policy_pca", "word_match": False, "unidentifiable": "diff"}   # what a variant changes from, so
-VARIANTS = {  # name -> (changes to PINNED, pair sources)                         # a new recipe default changes none
+# What every variant changes from: the encoder the candidates started with, pinned so that a new recipe default
+# changes no variant.
+PINNED = {"init": "policy_pca", "backbone": "bidirectional", "hidden": 128, "layers": 2, "heads": 4,
+          "intermediate": 256, "word_match": False, "unidentifiable": "diff", "steps": 2000, "lr": 1e-3}
+VARIANTS = {  # name -> (changes to PINNED, pair sources)
     "policy_pca": ({}, ("policy",)),
     "random": ({"init": "random"}, ("policy",)),
     "small": ({"hidden": 64, "intermediate": 128}, ("policy",)),
@@ -99,6 +104,50 @@ def identifiable_ceiling(held_out: list[dict]) -> dict:
     tokens = [e for e in held_out if e["scope"] == "tokens"]
     probs = [torch.tensor(e["labels"]) if e["identifiable"] else torch.zeros(len(e["labels"])) for e in tokens]
     return token_metrics(probs, [e["labels"] for e in tokens], [e["violated"] for e in tokens])
+
+
+def by_training_labels(held_out_metrics: dict, training: list[dict]) -> dict:
+    """The discriminator's token-scope precision / recall / F1 pooled over the rubric types whose training examples
+    are mostly token labels ("mostly_token_types": their rubric is usually about a few tokens) and over the rest
+    ("mostly_whole_types": usually about the whole response), from a report's per-(type, scope) figures. Counts are
+    recovered from precision, recall and the relevant share; a group with no true positive hides how many tokens
+    it predicted, so a pool holding one is None rather than a wrong figure."""
+    scopes = Counter((e["type"], e["scope"]) for e in training)
+    counts = {"mostly_token_types": [0, 0, 0, 0], "mostly_whole_types": [0, 0, 0, 0]}   # examples, predicted, hits,
+    unknown = set()                                                                        # labels
+    for group, providers in held_out_metrics.items():
+        if not (group.startswith("type_scope/") and group.endswith("/tokens")):
+            continue
+        rubric_type = group[len("type_scope/"):-len("/tokens")]
+        mostly_whole = scopes[rubric_type, "whole"] > scopes[rubric_type, "tokens"]
+        pool = "mostly_whole_types" if mostly_whole else "mostly_token_types"
+        metrics = providers["discriminator"]
+        labels = round(metrics["tokens"] * metrics["relevant_share"])
+        hits = round(metrics["recall"] * labels)
+        if hits == 0:
+            unknown.add(pool)
+            continue
+        for i, count in enumerate((metrics["examples"], round(hits / metrics["precision"]), hits, labels)):
+            counts[pool][i] += count
+    pooled = {}
+    for pool, (examples, predicted, hits, labels) in counts.items():
+        if pool in unknown or not labels:
+            pooled[pool] = None
+            continue
+        precision = hits / max(predicted, 1)
+        recall = hits / labels
+        pooled[pool] = {"examples": examples, "precision": precision, "recall": recall,
+                        "f1": 2 * precision * recall / (precision + recall) if hits else 0.0}
+    return pooled
+
+
+def pool_every_run(results: dict, examples: list[dict]) -> None:
+    """Add by_training_labels (pooled over the build's examples) to every measured run in results."""
+    runs = [*results["variants"].values(), *(point for curve in results["curve"].values() for point in curve.values()),
+            results.get("build"), results.get("build_training_fit")]
+    for run in runs:
+        if run:
+            run["by_training_labels"] = by_training_labels(run["report"], examples)
 
 
 def train_and_measure(name: str, policy_model, tokenizer, recipe: dict, examples: list[dict],
@@ -220,6 +269,7 @@ def main(argv: list[str]) -> dict:
         print(f"the build's model on {len(sample)} of its training examples (held out): token-scope F1 {figures[0]} "
               f"AUROC {figures[1]} | all labels F1 {figures[2]}")
         if args.json:
+            pool_every_run(results, examples)
             write_json(args.json, results)
     for name in names:
         changes, pair_sources = VARIANTS[name]
@@ -236,6 +286,7 @@ def main(argv: list[str]) -> dict:
                                       **train_and_measure(label, policy_model, tokenizer, recipe, chosen, held_out)}
         print(line(label, results["variants"][label]))
         if args.json:
+            pool_every_run(results, examples)
             write_json(args.json, results)                     # after every run: a stopped run keeps what it did
     if args.curve:
         changes, pair_sources = VARIANTS[args.curve]
@@ -247,10 +298,18 @@ def main(argv: list[str]) -> dict:
                                                      {**build.REAL_RECIPE, **PINNED, **changes}, subset, held_out)
             print(line(f"{args.curve} x{fraction}", curve[str(fraction)]))
             if args.json:
-                write_json(args.json, results)
+                pool_every_run(results, examples)
+            write_json(args.json, results)
     if args.plot:
         plot_curve(results, args.curve, args.plot)
         print(f"learning curve -> {args.plot}")
+    pool_every_run(results, examples)
+    print("token-scope labels pooled over the types whose training labels are mostly tokens (F1 / precision / "
+          "recall), and over the rest:")
+    for name, run in [*results["variants"].items(), *([("build", results["build"])] if "build" in results else [])]:
+        print(f"{name:>32} " + " | ".join(f"{pool} " + (f"{p['f1']:.3f} / {p['precision']:.3f} / {p['recall']:.3f}"
+                                                          if p else "not recoverable")
+                                          for pool, p in run["by_training_labels"].items()))
     return results
 
 

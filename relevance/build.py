@@ -8,8 +8,8 @@ Toy:      trained on Rubric World's minimal pairs (relevance/rubric_world_labels
           instruction, tokenizer or data change.
 Real:     the policy's own responses to the dataset's TRAINING prompts, sampled with the RL decoding, and the
           reference answers of their base tasks where they ship (relevance/reference_answers.py); minimal edits
-          found by checker search (relevance/checker_edits.py, in parallel processes), both sides labelled; a small
-          bidirectional encoder over the policy's vocabulary that also reads word matches; cached in
+          found by checker search (relevance/checker_edits.py, in parallel processes), both sides labelled; the
+          policy's own first 2 transformer layers trained as a token classifier on them; cached in
           cache/discriminators/<policy>-<data> with its held-out report (relevance/report.py), its sampled responses
           and labelled pairs beside it in <policy>-<data>-pairs; each stage is keyed by a checksum of what it was
           made from (policy, prompts, the recipe's settings of that stage, the labelling code), so a changed
@@ -18,7 +18,8 @@ Identifiable labels.  Some diff labels cannot be recovered from one response (ME
           a required word is a random word); they are reported apart as "not_identifiable".
 
 Deviations (numbered as in METHOD.md §9):
-  5. A tiny encoder trained on programmatic minimal pairs stands in for a fine-tuned LLM (discriminator.py).
+  5. A tiny encoder (toy) or the policy's own first layers (real) trained on programmatic minimal pairs stands in
+     for a fine-tuned LLM (discriminator.py).
 
 Run:      python -m relevance.build --json results/discriminator.json --heatmap results/heatmap.png
           python -m relevance.build --policy smollm2 --data ifeval_train --json report.json --heatmap heatmap.png \
@@ -113,16 +114,18 @@ def load_or_train_toy_discriminator(device: str = "cpu", cache_dir: str | None =
 # ----------------------------------------------------------------------------- a discriminator for a real policy
 # The recipe for a real policy and a dataset whose rubrics have checkers (IFEval's): the policy's own responses to
 # (the first train_prompts of) the TRAINING prompts, sampled with the RL decoding; minimal edits found by checker
-# search (relevance/checker_edits.py), both sides labelled; a small bidirectional encoder over the policy's
-# vocabulary whose word embeddings start from a PCA of the policy's input embeddings ("policy_pca"; "random" is the
-# alternative measured in RESULTS.md).
+# search (relevance/checker_edits.py), both sides labelled; the policy's own first 2 transformer layers trained as a
+# token classifier ("policy_layers": the policy already ties "commas" to ","). The alternatives measured in
+# RESULTS.md are small bidirectional encoders ("policy_pca": word embeddings from a PCA of the policy's; word_match:
+# it also reads which response tokens spell a word of the rubric; hidden, heads, intermediate: its width, None for
+# policy_layers, which has the policy's).
 # reference_answers: also the answers that ship with every training prompt's base task (relevance/reference_answers
 # .py), labelled the same way, when the data's prompts have them (tasks/ifeval_train.py's); other data: the policy's
-# pairs only, said when built. word_match: the encoder also reads which response tokens spell a word of the rubric.
+# pairs only, said when built.
 REAL_RECIPE = dict(train_prompts=400, samples=2, max_new_tokens=128, temperature=0.99, top_p=0.99, top_k=100,
-                   max_calls=MAX_CALLS, reference_answers=True, backbone="bidirectional", hidden=128, layers=2,
-                   heads=4, intermediate=256, word_match=True, init="policy_pca", unidentifiable="diff", steps=2000,
-                   batch_size=32, lr=1e-3, seed=0)
+                   max_calls=MAX_CALLS, reference_answers=True, backbone="causal", hidden=None, layers=2,
+                   heads=None, intermediate=None, word_match=False, init="policy_layers", unidentifiable="diff",
+                   steps=1000, batch_size=32, lr=3e-4, seed=0)
 # A build saves its stages beside the model, each with the checksum of what it was made from, so a changed recipe
 # redoes only the stages it changes: sampling (SAMPLE_SETTINGS), labelling (LABEL_SETTINGS, the labelling code),
 # training (the rest).

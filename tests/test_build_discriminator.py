@@ -118,8 +118,7 @@ def test_the_search_finds_a_smallest_edit_first():
 def tiny_real_setup(tmp_path, monkeypatch):
     monkeypatch.setenv("RTT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(build, "REAL_RECIPE", {**build.REAL_RECIPE, "samples": 2,
-                        "max_new_tokens": 6, "steps": 4, "batch_size": 4, "hidden": 16, "heads": 2, "intermediate": 32,
-                        "max_calls": 60})
+                        "max_new_tokens": 6, "steps": 4, "batch_size": 4, "max_calls": 60})
     return write_policy_and_rubrics(tmp_path, n_prompts=12, avoid="the")
 
 
@@ -318,6 +317,9 @@ def test_candidates_are_measured_on_the_builds_held_out_pairs_and_a_later_run_ad
     from relevance import reference_answers
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
     import discriminator_candidates as candidates
+    monkeypatch.setattr(candidates, "PINNED", {**candidates.PINNED, "hidden": 16, "heads": 2, "intermediate": 32})
+    changes, sources = candidates.VARIANTS["policy_layers"]                      # the tiny recipe's steps
+    monkeypatch.setitem(candidates.VARIANTS, "policy_layers", ({**changes, "steps": 4}, sources))
     policy_dir, data_path = tiny_real_setup
     rows = [json.loads(line) for line in open(data_path)]
     for i, row in enumerate(rows):
@@ -331,17 +333,17 @@ def test_candidates_are_measured_on_the_builds_held_out_pairs_and_a_later_run_ad
     with pytest.raises(SystemExit, match="no build to compare against"):
         candidates.main(argv + ["--variants", "policy_pca"])
     _, _, meta = build.build_real_discriminator(policy_dir, data)
-    first = candidates.main(argv + ["--variants", "policy_pca,word_match+reference"])
+    first = candidates.main(argv + ["--variants", "policy_pca,policy_layers"])
     assert first["examples"]["policy"] == meta["policy_examples"] and first["examples"]["reference"] > 0
-    assert first["variants"]["word_match+reference"]["examples"] == sum(first["examples"].values())
+    assert first["variants"]["policy_layers"]["examples"] == sum(first["examples"].values())
     assert first["variants"]["policy_pca"]["report"]["all"]["discriminator"]["examples"] == meta["held_out_examples"]
-    assert first["build"]["recipe"] == first["variants"]["word_match+reference"]["recipe"]   # the recipe's variant
-    same = [json.dumps(run["report"], sort_keys=True) for run in (first["build"], first["variants"]["word_match+reference"])]
+    assert first["build"]["recipe"] == first["variants"]["policy_layers"]["recipe"]   # the recipe's variant
+    same = [json.dumps(run["report"], sort_keys=True) for run in (first["build"], first["variants"]["policy_layers"])]
     assert same[0] == same[1]                                      # is the build, exactly (NaN top-1s compared too)
     plot = tmp_path / "curve.png"
     second = candidates.main(argv + ["--variants", "", "--curve", "word_match+reference", "--fractions", "0.5",
                                      "--plot", str(plot)])
-    assert set(second["variants"]) == {"policy_pca", "word_match+reference"}
+    assert set(second["variants"]) == {"policy_pca", "policy_layers"}
     assert set(second["curve"]) == {"word_match+reference"} and set(second["curve"]["word_match+reference"]) == {"0.5"}
     saved_curve = json.load(open(out))["curve"]["word_match+reference"]
     assert saved_curve["0.5"]["examples"] == round(0.5 * sum(first["examples"].values()))
@@ -353,6 +355,8 @@ def test_candidates_are_measured_on_the_builds_held_out_pairs_and_a_later_run_ad
     saved_fit = json.load(open(out))["build_training_fit"]
     third = candidates.main(argv + ["--variants", "policy_pca", "--steps", "3"])      # the compute axis
     assert json.load(open(out))["build_training_fit"] == saved_fit                  # kept by a later run
+    assert set(json.load(open(out))["variants"]["policy_pca"]["by_training_labels"]) == {"mostly_token_types",
+                                                                                      "mostly_whole_types"}
     assert third["variants"]["policy_pca, 3 steps"]["recipe"]["steps"] == 3 and "policy_pca" in third["variants"]
     with pytest.raises(SystemExit, match="applies to --variants only"):
         candidates.main(argv + ["--curve", "policy_pca", "--steps", "3"])
@@ -363,6 +367,25 @@ def test_candidates_are_measured_on_the_builds_held_out_pairs_and_a_later_run_ad
         candidates.main(argv + ["--curve", "policy_pca", "--seed", "1"])
     with pytest.raises(SystemExit, match="unknown variants"):
         candidates.main(argv + ["--variants", "no_such_variant"])
+
+
+def test_token_scope_figures_pool_by_what_a_types_training_labels_mostly_are():
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
+    from discriminator_candidates import by_training_labels
+    training = [{"type": "kw", "scope": "tokens"}] * 3 + [{"type": "kw", "scope": "whole"},
+                                                         {"type": "count", "scope": "whole"}]
+    def group(examples, tokens, labels, predicted, hits):
+        return {"discriminator": {"examples": examples, "tokens": tokens, "relevant_share": labels / tokens,
+                                  "precision": hits / max(predicted, 1), "recall": hits / labels}}
+    metrics = {"type_scope/kw/tokens": group(4, 40, 8, 6, 6), "type_scope/count/tokens": group(2, 20, 2, 20, 2),
+               "type_scope/kw/whole": group(1, 10, 10, 10, 10), "scope/tokens": group(6, 60, 10, 26, 8)}
+    pooled = by_training_labels(metrics, training)
+    assert pooled["mostly_token_types"]["examples"] == 4
+    assert pooled["mostly_token_types"]["precision"] == 1.0 and pooled["mostly_token_types"]["recall"] == 0.75
+    assert pooled["mostly_whole_types"]["precision"] == 0.1 and pooled["mostly_whole_types"]["recall"] == 1.0
+    metrics["type_scope/count/tokens"] = group(2, 20, 2, 20, 0)                  # no hit: how many predicted?
+    assert by_training_labels(metrics, training)["mostly_whole_types"] is None
 
 
 def test_the_report_groups_every_example_by_scope_type_and_side():
