@@ -165,6 +165,10 @@ def encoder_for(policy_model, tokenizer, recipe: dict):
     "policy_layers": the policy's own first recipe["layers"] blocks (policy_layers_classifier)."""
     if recipe["init"] == "policy_layers":
         return policy_layers_classifier(policy_model, tokenizer, recipe)
+    missing = [k for k in ("hidden", "heads", "intermediate") if recipe[k] is None]
+    if missing:
+        raise ValueError(f"init {recipe['init']!r} builds a small encoder: give its {', '.join(missing)} (None is "
+                         "the policy's width, for init 'policy_layers' only)")
     model = build_toy_discriminator(tokenizer, recipe["backbone"], recipe["hidden"], recipe["layers"], recipe["heads"],
                                     recipe["intermediate"], max_len=1024, seed=recipe["seed"],
                                     word_match=recipe.get("word_match", False))

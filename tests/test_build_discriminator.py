@@ -224,6 +224,8 @@ def test_policy_layers_are_the_policys_own_first_blocks_and_train_all_but_the_em
                            ({"layers": 4}, "takes 1 to 3")]:
         with pytest.raises(ValueError, match=message):
             build.encoder_for(policy, tokenizer, {**recipe, **wrong})
+    with pytest.raises(ValueError, match="give its hidden, heads, intermediate"):          # a small encoder's width
+        build.encoder_for(policy, tokenizer, {**recipe, "init": "policy_pca", "backbone": "bidirectional"})
 
 
 def test_train_builds_the_discriminator_of_a_real_policy_on_first_use(tiny_real_setup, tmp_path):
